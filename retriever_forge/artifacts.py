@@ -1,0 +1,208 @@
+"""A content-addressed, write-once artifact store.
+
+Every artifact — a Parquet table, a model folder, a FAISS index, a JSON document — is stored
+under a path derived from the hash of its content and is never overwritten::
+
+    <root>/artifacts/<kind>/<hash[:2]>/<hash>/<payload>
+    <root>/artifacts/<kind>/<hash[:2]>/<hash>/manifest.json     (provenance, see provenance.py)
+
+Writing identical content twice stores it once (the second write is a no-op that returns the
+same reference), which is what makes re-materialising an unchanged graph free. The root is a
+local folder by default or any fsspec URL (``s3://bucket/prefix``) when ``s3fs``/``gcsfs`` is
+installed; remote artifacts are fetched to a local cache folder before models and indexes are
+loaded.
+
+Example:
+    >>> import polars as pl, tempfile
+    >>> from retriever_forge.artifacts import ArtifactStore
+    >>> store = ArtifactStore(tempfile.mkdtemp())
+    >>> ref = store.put_table(pl.DataFrame({"a": [1, 2]}), kind="example")
+    >>> ref == store.put_table(pl.DataFrame({"a": [1, 2]}), kind="example")
+    True
+    >>> store.read_table(ref)["a"].to_list()
+    [1, 2]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import fsspec
+import polars as pl
+
+from retriever_forge.hashing import hash_bytes, hash_file, hash_tree
+
+MANIFEST = "manifest.json"
+TABLE_FILE = "data.parquet"
+JSON_FILE = "data.json"
+_KIND_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+class ArtifactError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A pointer to one stored artifact: its kind, content hash and location."""
+
+    kind: str
+    hash: str
+    uri: str  # folder holding the payload and manifest.json
+    payload: str  # file or folder name inside ``uri``
+    format: str  # "parquet", "json", "folder", "file"
+
+    @property
+    def payload_uri(self) -> str:
+        return f"{self.uri}/{self.payload}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ArtifactRef:
+        return cls(**json.loads(text))
+
+
+class ArtifactStore:
+    """Write-once storage of artifacts addressed by content hash."""
+
+    def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
+        self.root = str(root).rstrip("/")
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root)
+        self.is_local = self.fs.protocol in ("file", ("file", "local"), "local") or "file" in self.fs.protocol
+        if self.is_local:
+            Path(self._root_path).mkdir(parents=True, exist_ok=True)
+        self.cache_dir = Path(cache_dir or (Path(self._root_path) / ".cache" if self.is_local else tempfile.gettempdir()))
+
+    # ------------------------------------------------------------------ paths
+
+    def _artifact_dir(self, kind: str, content_hash: str) -> str:
+        if not kind or not set(kind) <= _KIND_CHARS:
+            raise ArtifactError(f"artifact kind {kind!r} must be lowercase letters, digits, '_' or '-'")
+        if len(content_hash) != 64 or not all(c in "0123456789abcdef" for c in content_hash):
+            raise ArtifactError(f"not a sha256 content hash: {content_hash!r}")
+        return f"{self._root_path}/artifacts/{kind}/{content_hash[:2]}/{content_hash}"
+
+    def _ref(self, kind: str, content_hash: str, payload: str, fmt: str) -> ArtifactRef:
+        return ArtifactRef(kind=kind, hash=content_hash, uri=self._artifact_dir(kind, content_hash), payload=payload, format=fmt)
+
+    def exists(self, ref: ArtifactRef) -> bool:
+        return self.fs.exists(ref.payload_uri)
+
+    # ------------------------------------------------------------------ writing
+
+    def _publish_bytes(self, data: bytes, kind: str, payload: str, fmt: str) -> ArtifactRef:
+        ref = self._ref(kind, hash_bytes(data), payload, fmt)
+        if self.fs.exists(ref.payload_uri):
+            return ref  # same content already stored: write-once means nothing to do
+        self.fs.makedirs(ref.uri, exist_ok=True)
+        tmp = f"{ref.uri}/.{payload}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        self.fs.mv(tmp, ref.payload_uri)  # atomic rename locally: no half-written artifact is visible
+        return ref
+
+    def put_table(self, df: pl.DataFrame, kind: str) -> ArtifactRef:
+        """Store a table as Parquet; its hash is the hash of the Parquet bytes (deterministic)."""
+        buf = io.BytesIO()
+        df.write_parquet(buf, compression="zstd", statistics=False)
+        return self._publish_bytes(buf.getvalue(), kind, TABLE_FILE, "parquet")
+
+    def put_json(self, obj, kind: str) -> ArtifactRef:
+        data = json.dumps(obj, sort_keys=True, indent=1, default=str).encode()
+        return self._publish_bytes(data, kind, JSON_FILE, "json")
+
+    def put_file(self, path: str | os.PathLike, kind: str) -> ArtifactRef:
+        path = Path(path)
+        ref = self._ref(kind, hash_file(path), path.name, "file")
+        if not self.fs.exists(ref.payload_uri):
+            self.fs.makedirs(ref.uri, exist_ok=True)
+            tmp = f"{ref.uri}/.{path.name}.{uuid.uuid4().hex}.tmp"
+            self.fs.put_file(str(path), tmp)
+            self.fs.mv(tmp, ref.payload_uri)
+        return ref
+
+    def put_folder(self, folder: str | os.PathLike, kind: str, payload: str = "model") -> ArtifactRef:
+        """Store a folder (a model); its hash covers every file's relative path and bytes."""
+        folder = Path(folder)
+        ref = self._ref(kind, hash_tree(folder), payload, "folder")
+        if not self.fs.exists(ref.payload_uri):
+            self.fs.makedirs(ref.uri, exist_ok=True)
+            tmp = f"{ref.uri}/.{payload}.{uuid.uuid4().hex}.tmp"
+            if self.is_local:
+                shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(".cache", "checkpoints"))
+            else:
+                self.fs.put(str(folder), tmp, recursive=True)
+            self.fs.mv(tmp, ref.payload_uri, recursive=True)
+        return ref
+
+    def write_manifest(self, ref: ArtifactRef, manifest: dict) -> bool:
+        """Write the artifact's provenance once; returns False if one was already recorded.
+
+        The first manifest stays: it describes how this exact content was first made.
+        """
+        path = f"{ref.uri}/{MANIFEST}"
+        if self.fs.exists(path):
+            return False
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open(tmp, "w") as f:
+            json.dump(manifest, f, sort_keys=True, indent=1, default=str)
+        self.fs.mv(tmp, path)
+        return True
+
+    # ------------------------------------------------------------------ reading
+
+    def read_table(self, ref: ArtifactRef) -> pl.DataFrame:
+        with self.fs.open(ref.payload_uri, "rb") as f:
+            return pl.read_parquet(f)
+
+    def read_json(self, ref: ArtifactRef):
+        with self.fs.open(ref.payload_uri, "r") as f:
+            return json.load(f)
+
+    def read_manifest(self, ref: ArtifactRef) -> dict | None:
+        path = f"{ref.uri}/{MANIFEST}"
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "r") as f:
+            return json.load(f)
+
+    def local_path(self, ref: ArtifactRef) -> Path:
+        """A local path to the payload (remote payloads are downloaded once into the cache)."""
+        if self.is_local:
+            return Path(ref.payload_uri)
+        local = self.cache_dir / ref.kind / ref.hash / ref.payload
+        if not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get(ref.payload_uri, str(local), recursive=ref.format == "folder")
+        return local
+
+    # ------------------------------------------------------------------ listing
+
+    def iter_refs(self):
+        """Every stored artifact (for ``verify`` and ``trace``)."""
+        base = f"{self._root_path}/artifacts"
+        if not self.fs.exists(base):
+            return
+        for manifest_path in sorted(self.fs.glob(f"{base}/*/*/*/{MANIFEST}")):
+            with self.fs.open(manifest_path, "r") as f:
+                m = json.load(f)
+            yield self._ref(m["kind"], m["content_hash"], m["payload"], m["format"]), m
+
+    def find(self, content_hash_prefix: str) -> list[tuple[ArtifactRef, dict]]:
+        return [(r, m) for r, m in self.iter_refs() if r.hash.startswith(content_hash_prefix)]
+
+    def rehash(self, ref: ArtifactRef) -> str:
+        """Recompute an artifact's content hash from the bytes on storage."""
+        path = self.local_path(ref) if not self.is_local else Path(ref.payload_uri)
+        if ref.format == "folder":
+            return hash_tree(path)
+        return hash_file(path)

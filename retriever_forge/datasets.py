@@ -1,0 +1,366 @@
+"""Dataset sources: BEIR folders, JSONL/Parquet files, ``ir_datasets`` ids and the offline demo.
+
+Every source yields the same three polars tables (see :mod:`retriever_forge.schemas`):
+``corpus`` (doc_id, title, text), and — when the dataset has human judgments — ``queries``
+(query_id, text) and ``qrels`` (query_id, doc_id, relevance).
+
+Named datasets live in a YAML file (``datasets.yaml`` at the project root by default, or the
+file named by ``RETRIEVER_FORGE_DATASETS``), so users add datasets without code changes:
+
+.. code-block:: yaml
+
+    datasets:
+      cacm:
+        source: beir
+        path: ../shared/datasets/cacm
+        overrides: {synthetic_queries: {documents_to_sample: 1000}}
+      scifact: {source: ir_datasets, id: beir/scifact/test}
+      notes: {source: files, corpus: data/notes.parquet, id_field: note_id, text_field: body}
+
+Example:
+    >>> from retriever_forge.datasets import DatasetSpec, load_dataset
+    >>> ds = load_dataset(DatasetSpec(name="demo", source="demo", max_documents=20))
+    >>> ds.corpus.columns, ds.has_judgments
+    (['doc_id', 'title', 'text'], False)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+import yaml
+
+from retriever_forge import schemas
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATASETS_FILE = PROJECT_ROOT / "datasets.yaml"
+SourceKind = Literal["beir", "files", "ir_datasets", "demo"]
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class DatasetError(ValueError):
+    """Bad dataset input; the message names the file, the line and what is wrong."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset comes from and how to read it."""
+
+    name: str
+    source: SourceKind = "beir"
+    path: str | None = None  # BEIR folder
+    id: str | None = None  # ir_datasets id
+    corpus: str | None = None  # files: corpus .jsonl/.parquet
+    queries: str | None = None  # files: optional queries file
+    qrels: str | None = None  # files: optional qrels .tsv/.jsonl/.parquet
+    split: str = "test"  # BEIR qrels split
+    id_field: str = "_id"
+    title_field: str = "title"
+    text_field: str = "text"
+    max_documents: int | None = None  # demo: how many passages to build
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not _NAME_RE.match(self.name):
+            raise DatasetError(
+                f"dataset name {self.name!r} is not allowed: use letters, digits, '_', '.', '-' "
+                "(it becomes a partition key and a folder name, so it may not contain '/' or '..')"
+            )
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, {}, "")}
+
+
+@dataclass
+class LoadedDataset:
+    spec: DatasetSpec
+    corpus: pl.DataFrame
+    queries: pl.DataFrame | None = None
+    qrels: pl.DataFrame | None = None
+    quarantine: pl.DataFrame | None = None  # rows dropped as unusable, with the reason
+
+    @property
+    def has_judgments(self) -> bool:
+        return self.queries is not None and self.qrels is not None and self.qrels.height > 0
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def datasets_file() -> Path:
+    return Path(os.environ.get("RETRIEVER_FORGE_DATASETS", DEFAULT_DATASETS_FILE))
+
+
+def load_registry(path: str | os.PathLike | None = None) -> dict[str, DatasetSpec]:
+    """Read the named datasets. Relative paths in the file are relative to the file."""
+    path = Path(path) if path else datasets_file()
+    if not path.exists():
+        return {"demo": DatasetSpec(name="demo", source="demo")}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DatasetError(f"{path}: not valid YAML: {e}") from e
+    entries = raw.get("datasets", raw)
+    if not isinstance(entries, dict):
+        raise DatasetError(f"{path}: expected a mapping 'datasets: {{name: {{source: ...}}}}'")
+    specs = {}
+    for name, entry in entries.items():
+        entry = dict(entry or {})
+        for key in ("path", "corpus", "queries", "qrels"):
+            if entry.get(key) and not _is_url(entry[key]):
+                entry[key] = str((path.parent / os.path.expanduser(entry[key])).resolve())
+        overrides = entry.pop("overrides", None)  # per-asset config defaults for this dataset
+        if overrides:
+            entry["extra"] = {**entry.get("extra", {}), "overrides": overrides}
+        try:
+            specs[str(name)] = DatasetSpec(name=str(name), **entry)
+        except TypeError as e:
+            raise DatasetError(f"{path}: dataset {name!r}: {e}") from e
+    return specs
+
+
+def _is_url(s: str) -> bool:
+    return "://" in s
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def passage_text(title: str | None, text: str | None) -> str:
+    """The text an encoder sees for a passage: ``title: text`` when a title exists."""
+    title, text = (title or "").strip(), (text or "").strip()
+    return f"{title}: {text}" if title and text else (title or text)
+
+
+def load_dataset(spec: DatasetSpec) -> LoadedDataset:
+    """Load a dataset from its source; raises :class:`DatasetError` on bad input."""
+    if spec.source == "beir":
+        return _load_beir(spec)
+    if spec.source == "files":
+        return _load_files(spec)
+    if spec.source == "ir_datasets":
+        return _load_ir_datasets(spec)
+    if spec.source == "demo":
+        from retriever_forge.demo_corpus import build_demo_corpus
+
+        return LoadedDataset(spec=spec, corpus=build_demo_corpus(max_passages=spec.max_documents or 400))
+    raise DatasetError(f"dataset {spec.name!r}: unknown source {spec.source!r} (beir, files, ir_datasets, demo)")
+
+
+def _load_beir(spec: DatasetSpec) -> LoadedDataset:
+    if not spec.path:
+        raise DatasetError(f"dataset {spec.name!r}: source 'beir' needs 'path' (a folder with corpus.jsonl)")
+    root = Path(spec.path)
+    corpus_file = root / "corpus.jsonl"
+    if not corpus_file.exists():
+        raise DatasetError(f"{corpus_file}: not found (a BEIR folder holds corpus.jsonl, queries.jsonl, qrels/)")
+    corpus, quarantine = read_corpus(corpus_file, spec)
+    queries = qrels = None
+    qrels_file = root / "qrels" / f"{spec.split}.tsv"
+    if (root / "queries.jsonl").exists() and qrels_file.exists():
+        qrels = read_qrels(qrels_file)
+        queries = read_queries(root / "queries.jsonl")
+        qrels = _check_qrels(qrels, queries, corpus, qrels_file)
+        queries = queries.filter(pl.col("query_id").is_in(qrels["query_id"].unique().implode()))
+    return LoadedDataset(spec=spec, corpus=corpus, queries=queries, qrels=qrels, quarantine=quarantine)
+
+
+def _load_files(spec: DatasetSpec) -> LoadedDataset:
+    if not spec.corpus:
+        raise DatasetError(f"dataset {spec.name!r}: source 'files' needs 'corpus' (a .jsonl or .parquet file)")
+    corpus, quarantine = read_corpus(Path(spec.corpus), spec)
+    queries = read_queries(Path(spec.queries)) if spec.queries else None
+    qrels = read_qrels(Path(spec.qrels)) if spec.qrels else None
+    if qrels is not None and queries is not None:
+        qrels = _check_qrels(qrels, queries, corpus, Path(spec.qrels))
+    return LoadedDataset(spec=spec, corpus=corpus, queries=queries, qrels=qrels, quarantine=quarantine)
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    rows = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})") from e
+            if not isinstance(obj, dict):
+                raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            rows.append((lineno, obj))
+    return rows
+
+
+def read_corpus(path: Path, spec: DatasetSpec | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Read a corpus file (.jsonl or .parquet) into (corpus, quarantine).
+
+    Missing ids and duplicate ids are errors (they would silently corrupt judgments); empty or
+    whitespace-only passages are moved to the quarantine table with the reason.
+    """
+    id_f = spec.id_field if spec else "_id"
+    title_f = spec.title_field if spec else "title"
+    text_f = spec.text_field if spec else "text"
+    if not path.exists():
+        raise DatasetError(f"{path}: not found")
+    if path.suffix == ".parquet":
+        df = pl.read_parquet(path)
+        if id_f not in df.columns and "doc_id" in df.columns:
+            id_f = "doc_id"
+        for col in (id_f, text_f):
+            if col not in df.columns:
+                raise DatasetError(f"{path}: no column {col!r} (columns: {df.columns})")
+        rows = [
+            (i + 2, {id_f: r[id_f], title_f: r.get(title_f), text_f: r[text_f]}) for i, r in enumerate(df.iter_rows(named=True))
+        ]
+    else:
+        rows = _read_jsonl(path)
+    ids, titles, texts, quarantined = [], [], [], []
+    seen: dict[str, int] = {}
+    for lineno, obj in rows:
+        doc_id = obj.get(id_f, obj.get("doc_id") if id_f == "_id" else None)
+        if doc_id is None or str(doc_id).strip() == "":
+            raise DatasetError(f"{path}:{lineno}: missing document id field {id_f!r}")
+        doc_id = str(doc_id)
+        if doc_id in seen:
+            raise DatasetError(f"{path}:{lineno}: duplicate document id {doc_id!r} (first at line {seen[doc_id]})")
+        seen[doc_id] = lineno
+        text = obj.get(text_f)
+        title = obj.get(title_f) or ""
+        if text is not None and not isinstance(text, str):
+            raise DatasetError(f"{path}:{lineno}: field {text_f!r} must be a string, got {type(text).__name__}")
+        if not (text or "").strip() and not str(title).strip():
+            quarantined.append({"line": lineno, "doc_id": doc_id, "reason": "empty passage"})
+            continue
+        ids.append(doc_id)
+        titles.append(str(title))
+        texts.append(text or "")
+    if not ids:
+        raise DatasetError(f"{path}: no usable passages")
+    corpus = pl.DataFrame({"doc_id": ids, "title": titles, "text": texts}, schema=schemas.CORPUS)
+    quarantine = pl.DataFrame(quarantined, schema={"line": pl.Int64, "doc_id": pl.String, "reason": pl.String})
+    return corpus, quarantine
+
+
+def read_queries(path: Path) -> pl.DataFrame:
+    if path.suffix == ".parquet":
+        df = pl.read_parquet(path)
+        id_col = "query_id" if "query_id" in df.columns else "_id"
+        return df.select(pl.col(id_col).cast(pl.String).alias("query_id"), pl.col("text").cast(pl.String))
+    ids, texts = [], []
+    for lineno, obj in _read_jsonl(path):
+        qid = obj.get("_id", obj.get("query_id"))
+        if qid is None:
+            raise DatasetError(f"{path}:{lineno}: missing query id field '_id'")
+        if not isinstance(obj.get("text"), str):
+            raise DatasetError(f"{path}:{lineno}: query {qid!r} has no 'text' string")
+        ids.append(str(qid))
+        texts.append(obj["text"])
+    return pl.DataFrame({"query_id": ids, "text": texts}, schema=schemas.QUERIES)
+
+
+def read_qrels(path: Path) -> pl.DataFrame:
+    """Read qrels: BEIR TSV with header ``query-id corpus-id score``, TREC 4-column, or Parquet."""
+    if not path.exists():
+        raise DatasetError(f"{path}: not found")
+    if path.suffix == ".parquet":
+        return pl.read_parquet(path).select(
+            pl.col("query_id").cast(pl.String), pl.col("doc_id").cast(pl.String), pl.col("relevance").cast(pl.Int64)
+        )
+    qids, dids, rels = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if lineno == 1 and not parts[-1].lstrip("-").isdigit():
+                continue  # header
+            if len(parts) == 4:  # TREC: qid iter docid rel
+                parts = [parts[0], parts[2], parts[3]]
+            if len(parts) != 3:
+                raise DatasetError(f"{path}:{lineno}: expected 'query-id corpus-id score', got {line.strip()!r}")
+            try:
+                rel = int(float(parts[2]))
+            except ValueError as e:
+                raise DatasetError(f"{path}:{lineno}: relevance {parts[2]!r} is not a number") from e
+            qids.append(parts[0])
+            dids.append(parts[1])
+            rels.append(rel)
+    return pl.DataFrame({"query_id": qids, "doc_id": dids, "relevance": rels}, schema=schemas.QRELS)
+
+
+def _check_qrels(qrels: pl.DataFrame, queries: pl.DataFrame, corpus: pl.DataFrame, path: Path) -> pl.DataFrame:
+    unknown_q = qrels.filter(~pl.col("query_id").is_in(queries["query_id"].implode()))
+    if unknown_q.height:
+        raise DatasetError(
+            f"{path}: {unknown_q.height} judgments name queries missing from queries.jsonl, "
+            f"e.g. {unknown_q['query_id'][0]!r}"
+        )
+    unknown_d = qrels.filter(~pl.col("doc_id").is_in(corpus["doc_id"].implode()))
+    if unknown_d.height:
+        raise DatasetError(
+            f"{path}: {unknown_d.height} judgments name documents missing from the corpus, "
+            f"e.g. {unknown_d['doc_id'][0]!r} for query {unknown_d['query_id'][0]!r}"
+        )
+    return qrels
+
+
+def _load_ir_datasets(spec: DatasetSpec) -> LoadedDataset:
+    if not spec.id:
+        raise DatasetError(f"dataset {spec.name!r}: source 'ir_datasets' needs 'id', e.g. beir/scifact/test")
+    import ir_datasets
+
+    try:
+        ds = ir_datasets.load(spec.id)
+    except KeyError as e:
+        raise DatasetError(f"dataset {spec.name!r}: unknown ir_datasets id {spec.id!r}") from e
+    hint = (
+        f"could not read ir_datasets id {spec.id!r}: it is not in the local ir_datasets cache "
+        f"({ir_datasets.util.home_path()}) and downloading it failed (offline?). Download it once on a "
+        "machine with internet (`python -c \"import ir_datasets; ir_datasets.load('ID').docs_iter()\"`), "
+        "or point the dataset at a local BEIR folder: {source: beir, path: /path/to/folder}"
+    )
+    try:
+        with _fail_fast_network():
+            docs = [(d.doc_id, getattr(d, "title", "") or "", getattr(d, "text", "") or "") for d in ds.docs_iter()]
+            queries = qrels = None
+            if ds.has_queries() and ds.has_qrels():
+                q = [(x.query_id, getattr(x, "text", "")) for x in ds.queries_iter()]
+                r = [(x.query_id, x.doc_id, int(x.relevance)) for x in ds.qrels_iter()]
+                queries = pl.DataFrame(q, schema=schemas.QUERIES, orient="row")
+                qrels = pl.DataFrame(r, schema=schemas.QRELS, orient="row")
+    except Exception as e:  # noqa: BLE001 - any download failure becomes the same actionable error
+        raise DatasetError(f"{hint} (cause: {type(e).__name__}: {e})") from e
+    corpus = pl.DataFrame(docs, schema=schemas.CORPUS, orient="row").filter(
+        (pl.col("text").str.strip_chars() != "") | (pl.col("title").str.strip_chars() != "")
+    )
+    if queries is not None:
+        queries = queries.filter(pl.col("query_id").is_in(qrels["query_id"].unique().implode()))
+    return LoadedDataset(spec=spec, corpus=corpus, queries=queries, qrels=qrels)
+
+
+class _fail_fast_network:
+    """Short socket timeout while ir_datasets may download, so offline runs fail in seconds."""
+
+    def __enter__(self):
+        import socket
+
+        self._old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(10)
+
+    def __exit__(self, *exc):
+        import socket
+
+        socket.setdefaulttimeout(self._old)
+        return False

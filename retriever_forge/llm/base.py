@@ -1,0 +1,76 @@
+"""The small interface every LLM backend implements.
+
+Two operations cover the pipeline's needs:
+
+* :meth:`LLMBackend.generate` — batched free-text generation (synthetic queries);
+* :meth:`LLMBackend.choice_logprobs` — scored choice among a fixed set of answers
+  (graded relevance labels), so the judge's label never depends on parsing free text.
+
+Prompts are *user messages*: chat models get them wrapped in their chat template by the
+backend, so the same prompt file works for a local GGUF model, vLLM and a remote server.
+
+Example:
+    >>> from retriever_forge.llm.base import SamplingParams
+    >>> SamplingParams(temperature=0.7, max_new_tokens=32, seed=3).cache_key()
+    '{"max_new_tokens":32,"seed":3,"stop":[],"temperature":0.7,"top_p":1.0}'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings; part of every generation's cache key and provenance record."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    seed: int = 0
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+    def cache_key(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One completion, with the token counts needed for throughput metadata."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool = False
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """What the query generator and the judge need from an LLM."""
+
+    model_id: str
+    """Human-readable model name (hub id, path or served name)."""
+
+    @property
+    def weights_hash(self) -> str:
+        """Content hash of the weights (or of the served model's identity for remote backends)."""
+        ...
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        """Complete every prompt; output order matches input order."""
+        ...
+
+    def choice_logprobs(self, prompts: list[str], choices: list[str]) -> list[list[float]]:
+        """For each prompt, log-probabilities of each choice as the start of the answer.
+
+        The result is normalised over ``choices`` (``logsumexp == 0``), so it can be read as
+        the model's label distribution restricted to the allowed labels.
+        """
+        ...

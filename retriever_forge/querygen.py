@@ -1,0 +1,230 @@
+"""Synthetic query generation (InPars / Promptagator / GPL style) and its filters.
+
+For each sampled passage the LLM writes one query per requested style (question, keywords,
+claim), each from its own versioned few-shot template. Every raw output is kept with the
+filter that dropped it (if any), so the table doubles as an audit log:
+
+* ``unparseable`` — nothing usable in the output;
+* ``too_short`` / ``too_long`` — outside ``min_words``..``max_words``;
+* ``copy`` — a near-verbatim span of the passage (the model copied instead of asking);
+* ``duplicate`` — same normalised text as an earlier query;
+* ``round_trip`` — Promptagator's consistency filter: the source passage is not in the base
+  retriever's top-k for the query (applied by :func:`round_trip_filter`).
+
+Example:
+    >>> from retriever_forge.querygen import clean_query, near_copy
+    >>> clean_query('Query: "What does insulin do?"\\nExample 3')
+    'What does insulin do?'
+    >>> near_copy("the quick brown fox jumps over the lazy dog", "Yes, the quick brown fox jumps over the lazy dog today.")
+    True
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import polars as pl
+
+from retriever_forge import schemas
+from retriever_forge.datasets import passage_text
+from retriever_forge.hashing import hash_text
+from retriever_forge.llm.base import LLMBackend, SamplingParams
+from retriever_forge.prompts import load_template
+
+log = logging.getLogger(__name__)
+
+STYLE_TEMPLATES = {
+    "question": "queries/inpars_question_v1",
+    "keywords": "queries/inpars_keywords_v1",
+    "claim": "queries/inpars_claim_v1",
+}
+
+
+@dataclass
+class QueryGenerationConfig:
+    documents_to_sample: int | None = 200  # None: every passage
+    queries_per_document: int = 1  # styles are used round-robin: question, keywords, claim
+    styles: tuple[str, ...] = ("question", "keywords", "claim")
+    instruction: str = ""  # optional corpus-specific instruction inserted into the prompt
+    template_overrides: dict | None = None  # style -> template id or path to a .txt file
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    max_passage_words: int = 180
+    min_words: int = 2
+    max_words: int = 32
+    round_trip_k: int | None = 10  # None disables the round-trip filter
+    dev_fraction: float = 0.1
+    test_fraction: float = 0.0  # >0 only for corpora without human judgments
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- cleaning / filters
+
+_PREFIX = re.compile(r"^\s*(?:\d+[.)]\s*|[-*•]\s*|(?:query|question|search query|claim|keywords?)\s*[:\-]\s*)+", re.I)
+_WORD = re.compile(r"\w+")
+
+
+def clean_query(raw: str) -> str:
+    """First non-empty line of the output, without labels, numbering and wrapping quotes."""
+    for line in raw.strip().splitlines():
+        line = _PREFIX.sub("", line).strip().strip("\"'`“”‘’ ").strip()
+        if line and not line.lower().startswith(("example", "passage:", "now the passage")):
+            return re.sub(r"\s+", " ", line)
+        if line:
+            return ""  # the model started a new example instead of answering
+    return ""
+
+
+def normalise(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def near_copy(query: str, passage: str, min_words: int = 6, min_share: float = 0.8) -> bool:
+    """True when most of the query is one contiguous span of the passage."""
+    q, p = normalise(query).split(), normalise(passage).split()
+    if len(q) < min_words:
+        return False
+    match = difflib.SequenceMatcher(a=q, b=p, autojunk=False).find_longest_match(0, len(q), 0, len(p))
+    return match.size / len(q) >= min_share
+
+
+def drop_reason(query: str, passage: str, config: QueryGenerationConfig) -> str | None:
+    if not query:
+        return "unparseable"
+    n = len(query.split())
+    if n < config.min_words:
+        return "too_short"
+    if n > config.max_words:
+        return "too_long"
+    if near_copy(query, passage):
+        return "copy"
+    return None
+
+
+def _split_of(doc_id: str, config: QueryGenerationConfig) -> str:
+    # Split by source passage (not by query) so a passage's queries never straddle splits.
+    u = int(hash_text(f"{config.seed}:{doc_id}")[:8], 16) / 0xFFFFFFFF
+    if u < config.test_fraction:
+        return "test"
+    if u < config.test_fraction + config.dev_fraction:
+        return "dev"
+    return "train"
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def sample_documents(corpus: pl.DataFrame, n: int | None, seed: int) -> pl.DataFrame:
+    if n is None or n >= corpus.height:
+        return corpus
+    return corpus.sample(n=n, seed=seed, shuffle=False).sort("doc_id")
+
+
+def generate_synthetic_queries(
+    corpus: pl.DataFrame,
+    llm: LLMBackend,
+    config: QueryGenerationConfig,
+    progress: Callable[[str], None] | None = None,
+) -> pl.DataFrame:
+    """Generate, clean and filter synthetic queries; returns :data:`schemas.SYNTHETIC_QUERIES` rows.
+
+    Rows dropped by a filter stay in the table with ``dropped_by`` set; kept rows have it null.
+    The round-trip filter needs an encoder and is applied separately by :func:`round_trip_filter`.
+    """
+    overrides = config.template_overrides or {}
+    styles = [s for s in config.styles if s in STYLE_TEMPLATES or s in overrides]
+    if not styles:
+        raise ValueError(f"no known query style in {config.styles}; known: {sorted(STYLE_TEMPLATES)}")
+    templates = {s: load_template(overrides.get(s, STYLE_TEMPLATES.get(s, ""))) for s in styles}
+    params = SamplingParams(
+        temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed, stop=("\n",)
+    )
+    docs = sample_documents(corpus, config.documents_to_sample, config.seed)
+    jobs = []
+    for doc in docs.iter_rows(named=True):
+        passage = passage_text(doc["title"], doc["text"])
+        short = " ".join(passage.split()[: config.max_passage_words])
+        for j in range(config.queries_per_document):
+            style = styles[j % len(styles)]
+            prompt = templates[style].render(passage=short, instruction=config.instruction).replace("  ", " ")
+            jobs.append((doc["doc_id"], passage, style, prompt))
+    if progress:
+        progress(f"generating {len(jobs)} queries for {docs.height} passages with {llm.model_id}")
+    outputs = llm.generate([j[3] for j in jobs], params)
+    rows, seen = [], set()
+    sampling = params.cache_key()
+    for i, ((doc_id, passage, style, _), out) in enumerate(zip(jobs, outputs, strict=True)):
+        text = clean_query(out.text)
+        reason = drop_reason(text, passage, config)
+        key = normalise(text)
+        if reason is None and key in seen:
+            reason = "duplicate"
+        seen.add(key)
+        rows.append(
+            {
+                "query_id": f"synq-{hash_text(f'{doc_id}|{style}|{i}|{config.seed}')[:12]}",
+                "doc_id": doc_id,
+                "text": text,
+                "style": style,
+                "template_id": templates[style].id,
+                "template_hash": templates[style].hash,
+                "model_id": llm.model_id,
+                "model_hash": llm.weights_hash,
+                "sampling": sampling,
+                "seed": config.seed,
+                "raw_output": out.text,
+                "dropped_by": reason,
+                "split": _split_of(doc_id, config),
+            }
+        )
+    return pl.DataFrame(rows, schema=schemas.SYNTHETIC_QUERIES)
+
+
+def round_trip_filter(
+    queries: pl.DataFrame,
+    query_embeddings: np.ndarray,
+    corpus_embeddings: np.ndarray,
+    doc_ids: list[str],
+    k: int,
+) -> pl.DataFrame:
+    """Mark kept queries whose source passage is not in the top-``k`` for them (Promptagator).
+
+    ``query_embeddings`` are aligned with the *kept* rows of ``queries`` (``dropped_by`` null).
+    """
+    from retriever_forge.search import exact_search
+
+    kept = queries.filter(pl.col("dropped_by").is_null())
+    if kept.height == 0:
+        return queries
+    _, idx = exact_search(query_embeddings, corpus_embeddings, k=min(k, len(doc_ids)))
+    position = {d: i for i, d in enumerate(doc_ids)}
+    source = np.array([position[d] for d in kept["doc_id"]])
+    hit = (idx == source[:, None]).any(axis=1)
+    failed = set(kept.filter(pl.Series(~hit))["query_id"].to_list())
+    return queries.with_columns(
+        pl.when(pl.col("query_id").is_in(list(failed))).then(pl.lit("round_trip")).otherwise(pl.col("dropped_by")).alias("dropped_by")
+    )
+
+
+def generation_summary(queries: pl.DataFrame) -> dict:
+    """Counts for metadata: kept, dropped per filter, per split."""
+    dropped = queries.filter(pl.col("dropped_by").is_not_null()).group_by("dropped_by").len().sort("dropped_by")
+    kept = queries.filter(pl.col("dropped_by").is_null())
+    return {
+        "generated": queries.height,
+        "kept": kept.height,
+        "dropped": {r["dropped_by"]: r["len"] for r in dropped.iter_rows(named=True)},
+        "splits": {r["split"]: r["len"] for r in kept.group_by("split").len().sort("split").iter_rows(named=True)},
+        "unparseable_share": float((queries["dropped_by"] == "unparseable").sum() / max(queries.height, 1)),
+    }
+
+
+def config_record(config: QueryGenerationConfig) -> dict:
+    return json.loads(json.dumps(asdict(config), default=list))
