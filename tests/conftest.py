@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny BEIR datasets written inline, a fake LLM with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from retriever_forge.llm.base import Generation, SamplingParams
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+TINY_CORPUS = [
+    {"_id": "d1", "title": "Sorting", "text": "Quicksort partitions an array around a pivot and sorts the parts recursively."},
+    {"_id": "d2", "title": "Hashing", "text": "A hash table maps keys to buckets with a hash function for constant time lookup."},
+    {"_id": "d3", "title": "Graphs", "text": "Dijkstra's algorithm finds shortest paths from a source in graphs with non-negative weights."},
+    {"_id": "d4", "title": "Compilers", "text": "A parser turns a token stream into a syntax tree according to a grammar."},
+    {"_id": "d5", "title": "Networks", "text": "TCP provides reliable ordered delivery of a byte stream between hosts."},
+    {"_id": "d6", "title": "Databases", "text": "A B-tree index keeps keys sorted and balanced so lookups take logarithmic time."},
+]
+TINY_QUERIES = [{"_id": "q1", "text": "shortest path algorithm"}, {"_id": "q2", "text": "balanced tree index for lookups"}]
+TINY_QRELS = "query-id\tcorpus-id\tscore\nq1\td3\t2\nq2\td6\t1\n"
+
+
+def write_beir(root: Path, corpus=TINY_CORPUS, queries=TINY_QUERIES, qrels=TINY_QRELS) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels").mkdir(exist_ok=True)
+    (root / "qrels" / "test.tsv").write_text(qrels)
+    return root
+
+
+@pytest.fixture
+def tiny_beir(tmp_path) -> Path:
+    return write_beir(tmp_path / "tiny")
+
+
+class ScriptedLLM:
+    """A deterministic LLM stand-in for testing the *callers* (filters, parsing, grading).
+
+    The backends themselves are tested against real models in tests/llm.
+    """
+
+    model_id = "scripted"
+    weights_hash = "0" * 64
+
+    def __init__(self, answers=None, grades=None):
+        self.answers = answers or (lambda prompt: "Query: what is this passage about")
+        self.grades = grades or (lambda prompt: [0.1, 0.2, 0.3, 0.4])
+        self.calls = 0
+        self.stats = {}
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        self.calls += 1
+        return [Generation(text=self.answers(p), prompt_tokens=len(p.split()), completion_tokens=5) for p in prompts]
+
+    def choice_logprobs(self, prompts: list[str], choices: list[str]) -> list[list[float]]:
+        self.calls += 1
+        out = []
+        for p in prompts:
+            probs = self.grades(p)
+            out.append([math.log(x) for x in probs])
+        return out

@@ -1,0 +1,77 @@
+import polars as pl
+import pytest
+
+from retriever_forge.artifacts import ArtifactError, ArtifactStore
+from retriever_forge.hashing import hash_file
+from retriever_forge.provenance import build_manifest, trace, trace_markdown, verify
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ArtifactStore(tmp_path / "store")
+
+
+def test_same_content_is_stored_once_under_its_hash(store):
+    df = pl.DataFrame({"doc_id": ["a", "b"], "text": ["x", "y"]})
+    a, b = store.put_table(df, "corpus"), store.put_table(df.clone(), "corpus")
+    assert a == b
+    assert a.hash == hash_file(a.payload_uri)
+    assert a.hash in a.uri
+
+
+def test_different_content_gets_a_different_path_and_old_stays(store):
+    a = store.put_table(pl.DataFrame({"x": [1]}), "t")
+    b = store.put_table(pl.DataFrame({"x": [2]}), "t")
+    assert a.uri != b.uri
+    assert store.read_table(a)["x"].to_list() == [1]
+
+
+def test_folders_are_hashed_by_content_and_skip_checkpoints(store, tmp_path):
+    model = tmp_path / "model"
+    (model / "checkpoints").mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "checkpoints" / "state.json").write_text("{}")
+    ref = store.put_folder(model, "fine_tuned_encoder")
+    assert store.rehash(ref) == ref.hash
+    assert not (store.local_path(ref) / "checkpoints").exists()
+
+
+def test_manifest_is_written_once(store):
+    ref = store.put_json({"a": 1}, "scores")
+    assert store.write_manifest(ref, build_manifest(ref, asset="scores", upstream={}, run_id="r1"))
+    assert not store.write_manifest(ref, build_manifest(ref, asset="scores", upstream={}, run_id="r2"))
+    assert store.read_manifest(ref)["run_id"] == "r1"
+
+
+def test_kind_and_hash_cannot_escape_the_root(store):
+    with pytest.raises(ArtifactError):
+        store._artifact_dir("../etc", "0" * 64)
+    with pytest.raises(ArtifactError):
+        store._artifact_dir("corpus", "../../x")
+
+
+def test_trace_reaches_the_root_and_hashes_match(store):
+    corpus = store.put_table(pl.DataFrame({"doc_id": ["a"]}), "corpus")
+    store.write_manifest(corpus, build_manifest(corpus, asset="corpus", upstream={}, rows=1))
+    queries = store.put_table(pl.DataFrame({"q": ["?"]}), "synthetic_queries")
+    store.write_manifest(queries, build_manifest(queries, asset="synthetic_queries", upstream={"corpus": corpus},
+                                                 prompts={"question": {"id": "queries/x", "hash": "ab" * 32}}))
+    scores = store.put_json({"ndcg": 0.5}, "benchmark_scores")
+    store.write_manifest(scores, build_manifest(scores, asset="benchmark_scores", upstream={"corpus": corpus, "queries": queries}))
+    tree = trace(store, scores.hash[:10])
+    assert tree["hash_matches_disk"]
+    assets = {tree["asset"]} | {u["asset"] for u in tree["upstream"]} | {u["asset"] for n in tree["upstream"] for u in n["upstream"]}
+    assert assets == {"benchmark_scores", "corpus", "synthetic_queries"}
+    assert "prompt question: queries/x" in trace_markdown(tree)
+
+
+def test_verify_detects_a_flipped_byte(store):
+    ref = store.put_table(pl.DataFrame({"x": list(range(100))}), "t")
+    store.write_manifest(ref, build_manifest(ref, asset="t", upstream={}))
+    assert all(r["ok"] for r in verify(store))
+    path = ref.payload_uri
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x01
+    open(path, "wb").write(bytes(data))
+    bad = [r for r in verify(store) if not r["ok"]]
+    assert [r["hash"] for r in bad] == [ref.hash]

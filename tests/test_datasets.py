@@ -1,0 +1,121 @@
+import json
+
+import polars as pl
+import pytest
+
+from retriever_forge.datasets import DatasetError, DatasetSpec, load_dataset, load_registry, passage_text
+from tests.conftest import SHARED, TINY_QUERIES, write_beir
+
+
+def test_beir_folder_loads_corpus_queries_and_qrels(tiny_beir):
+    ds = load_dataset(DatasetSpec(name="tiny", source="beir", path=str(tiny_beir)))
+    assert ds.corpus.height == 6
+    assert ds.has_judgments
+    assert ds.qrels.sort("query_id").rows() == [("q1", "d3", 2), ("q2", "d6", 1)]
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    root = write_beir(tmp_path / "bad")
+    with open(root / "corpus.jsonl", "a") as f:
+        f.write('{"_id": "d7", "text": \n')
+    with pytest.raises(DatasetError, match=r"corpus.jsonl:7: malformed JSON"):
+        load_dataset(DatasetSpec(name="bad", path=str(root)))
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({"title": "x", "text": "no id"}, "missing document id"),
+        ({"_id": "d1", "text": "again"}, "duplicate document id 'd1'"),
+        ({"_id": "d9", "text": 5}, "must be a string"),
+    ],
+)
+def test_bad_corpus_rows_are_clear_errors(tmp_path, line, message):
+    root = write_beir(tmp_path / "bad")
+    with open(root / "corpus.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(DatasetSpec(name="bad", path=str(root)))
+
+
+def test_non_utf8_bytes_are_reported(tmp_path):
+    root = write_beir(tmp_path / "bad")
+    with open(root / "corpus.jsonl", "ab") as f:
+        f.write(b'{"_id": "d7", "text": "caf\xe9"}\n')
+    with pytest.raises(DatasetError, match=r":7: not valid UTF-8"):
+        load_dataset(DatasetSpec(name="bad", path=str(root)))
+
+
+def test_empty_passages_are_quarantined_not_loaded(tmp_path):
+    root = write_beir(tmp_path / "q")
+    with open(root / "corpus.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "blank", "title": "", "text": "   "}) + "\n")
+    ds = load_dataset(DatasetSpec(name="q", path=str(root)))
+    assert "blank" not in ds.corpus["doc_id"].to_list()
+    assert ds.quarantine.rows() == [(7, "blank", "empty passage")]
+
+
+def test_qrels_naming_unknown_documents_fail(tmp_path):
+    root = write_beir(tmp_path / "q", qrels="query-id\tcorpus-id\tscore\nq1\tnope\t1\n")
+    with pytest.raises(DatasetError, match="missing from the corpus.*'nope'"):
+        load_dataset(DatasetSpec(name="q", path=str(root)))
+
+
+def test_qrels_naming_unknown_queries_fail(tmp_path):
+    root = write_beir(tmp_path / "q", queries=TINY_QUERIES[:1])
+    with pytest.raises(DatasetError, match="missing from queries.jsonl"):
+        load_dataset(DatasetSpec(name="q", path=str(root)))
+
+
+def test_parquet_and_jsonl_files_source(tmp_path):
+    path = tmp_path / "notes.parquet"
+    pl.DataFrame({"note_id": ["a", "b"], "body": ["first note text", "second note text"]}).write_parquet(path)
+    spec = DatasetSpec(name="notes", source="files", corpus=str(path), id_field="note_id", text_field="body")
+    ds = load_dataset(spec)
+    assert ds.corpus.rows() == [("a", "", "first note text"), ("b", "", "second note text")]
+    assert not ds.has_judgments
+
+
+def test_dataset_names_cannot_escape_folders():
+    for bad in ("../etc", "a/b", "", ".hidden"):
+        with pytest.raises(DatasetError, match="not allowed"):
+            DatasetSpec(name=bad)
+
+
+def test_registry_resolves_relative_paths_and_overrides(tmp_path):
+    write_beir(tmp_path / "data" / "tiny")
+    (tmp_path / "datasets.yaml").write_text(
+        "datasets:\n  tiny:\n    source: beir\n    path: data/tiny\n    overrides: {synthetic_queries: {documents_to_sample: 3}}\n"
+    )
+    spec = load_registry(tmp_path / "datasets.yaml")["tiny"]
+    assert spec.path == str((tmp_path / "data" / "tiny").resolve())
+    assert spec.extra["overrides"]["synthetic_queries"]["documents_to_sample"] == 3
+
+
+def test_project_registry_lists_demo_and_shared_datasets():
+    registry = load_registry()
+    assert {"demo", "cacm", "msmarco-5k"} <= set(registry)
+
+
+def test_demo_dataset_is_offline_and_deterministic():
+    a = load_dataset(DatasetSpec(name="demo", source="demo", max_documents=50)).corpus
+    b = load_dataset(DatasetSpec(name="demo", source="demo", max_documents=50)).corpus
+    assert a.equals(b) and a.height == 50 and a["doc_id"].n_unique() == 50
+
+
+def test_ir_datasets_offline_fails_fast_with_local_folder_hint(monkeypatch, tmp_path):
+    monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "ird"))
+    with pytest.raises(DatasetError, match="source: beir, path"):
+        load_dataset(DatasetSpec(name="scifact", source="ir_datasets", id="beir/scifact/test"))
+
+
+def test_passage_text_joins_title_and_text():
+    assert passage_text("T", "body") == "T: body"
+    assert passage_text("", "body") == "body"
+    assert passage_text("T", "") == "T"
+
+
+@pytest.mark.skipif(not (SHARED / "cacm").exists(), reason="../shared not present")
+def test_shared_cacm_loads_with_judgments():
+    ds = load_dataset(DatasetSpec(name="cacm", path=str(SHARED / "cacm")))
+    assert ds.corpus.height == 3204 and ds.queries.height == 52 and ds.qrels.height == 796

@@ -1,0 +1,77 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from retriever_forge.querygen import (
+    QueryGenerationConfig,
+    clean_query,
+    drop_reason,
+    generate_synthetic_queries,
+    generation_summary,
+    near_copy,
+    round_trip_filter,
+)
+from tests.conftest import TINY_CORPUS, ScriptedLLM
+
+CORPUS = pl.DataFrame([{"doc_id": d["_id"], "title": d["title"], "text": d["text"]} for d in TINY_CORPUS])
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("What is quicksort?", "What is quicksort?"),
+        ('Query: "how does tcp work"', "how does tcp work"),
+        ("\n\n1. hash table lookup time\n2. other", "hash table lookup time"),
+        ("Example 3\nPassage: blah", ""),
+        ("", ""),
+        ("  Question:   what   is a parser ", "what is a parser"),
+    ],
+)
+def test_clean_query(raw, expected):
+    assert clean_query(raw) == expected
+
+
+def test_filters_have_known_answers():
+    cfg = QueryGenerationConfig(min_words=2, max_words=5)
+    passage = "Quicksort partitions an array around a pivot and sorts the parts recursively."
+    assert drop_reason("", passage, cfg) == "unparseable"
+    assert drop_reason("quicksort", passage, cfg) == "too_short"
+    assert drop_reason("one two three four five six", passage, cfg) == "too_long"
+    assert drop_reason("how does quicksort work", passage, cfg) is None
+    assert near_copy("partitions an array around a pivot and sorts", passage)
+    assert not near_copy("how does quicksort choose a pivot element", passage)
+
+
+def test_generation_records_lineage_and_drops_duplicates():
+    llm = ScriptedLLM(answers=lambda p: "same query for all")
+    cfg = QueryGenerationConfig(documents_to_sample=None, round_trip_k=None, styles=("question",))
+    q = generate_synthetic_queries(CORPUS, llm, cfg)
+    assert q.height == 6
+    assert q["dropped_by"].to_list() == [None] + ["duplicate"] * 5
+    row = q.row(0, named=True)
+    assert row["template_id"] == "queries/inpars_question_v1" and len(row["template_hash"]) == 64
+    assert row["model_hash"] == "0" * 64 and row["raw_output"] == "same query for all"
+    assert generation_summary(q)["dropped"] == {"duplicate": 5}
+
+
+def test_styles_round_robin_and_splits_are_by_passage():
+    llm = ScriptedLLM(answers=lambda p: f"query {hash(p) % 100000} words")
+    cfg = QueryGenerationConfig(documents_to_sample=None, queries_per_document=3, round_trip_k=None, dev_fraction=0.5)
+    q = generate_synthetic_queries(CORPUS, llm, cfg)
+    assert q.group_by("doc_id").agg(pl.col("style").n_unique())["style"].to_list() == [3] * 6
+    assert (q.group_by("doc_id").agg(pl.col("split").n_unique())["split"] == 1).all()
+
+
+def test_round_trip_filter_drops_queries_whose_source_is_not_retrieved():
+    q = pl.DataFrame({"query_id": ["a", "b"], "doc_id": ["d1", "d2"], "dropped_by": [None, None], "split": ["train"] * 2})
+    corpus = np.eye(3, dtype=np.float32)
+    query_emb = np.array([[1, 0, 0], [1, 0.1, 0]], dtype=np.float32)  # b's nearest is d1, not its source d2
+    out = round_trip_filter(q, query_emb, corpus, ["d1", "d2", "d3"], k=1)
+    assert out["dropped_by"].to_list() == [None, "round_trip"]
+
+
+def test_same_seed_same_table():
+    cfg = QueryGenerationConfig(documents_to_sample=3, round_trip_k=None, seed=7)
+    a = generate_synthetic_queries(CORPUS, ScriptedLLM(answers=lambda p: p[-40:]), cfg)
+    b = generate_synthetic_queries(CORPUS, ScriptedLLM(answers=lambda p: p[-40:]), cfg)
+    assert a.equals(b)
