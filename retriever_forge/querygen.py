@@ -35,7 +35,7 @@ from retriever_forge import schemas
 from retriever_forge.datasets import passage_text
 from retriever_forge.hashing import hash_text
 from retriever_forge.llm.base import LLMBackend, SamplingParams
-from retriever_forge.prompts import load_template
+from retriever_forge.prompts import PromptTemplate, load_template
 
 log = logging.getLogger(__name__)
 
@@ -127,37 +127,56 @@ def sample_documents(corpus: pl.DataFrame, n: int | None, seed: int) -> pl.DataF
     return corpus.sample(n=n, seed=seed, shuffle=False).sort("doc_id")
 
 
+def style_templates(config: QueryGenerationConfig) -> dict[str, PromptTemplate]:
+    """The prompt template of each requested style (bundled, or the user's override)."""
+    overrides = config.template_overrides or {}
+    unknown = [s for s in config.styles if s not in STYLE_TEMPLATES and s not in overrides]
+    if unknown or not config.styles:
+        raise ValueError(f"unknown query styles {unknown or config.styles}; known: {sorted(STYLE_TEMPLATES)} (or give a template)")
+    return {s: load_template(overrides.get(s, STYLE_TEMPLATES.get(s, ""))) for s in config.styles}
+
+
 def generate_synthetic_queries(
     corpus: pl.DataFrame,
     llm: LLMBackend,
     config: QueryGenerationConfig,
     progress: Callable[[str], None] | None = None,
+    completion_llm: LLMBackend | None = None,
 ) -> pl.DataFrame:
     """Generate, clean and filter synthetic queries; returns :data:`schemas.SYNTHETIC_QUERIES` rows.
 
+    ``llm`` serves chat-format templates and ``completion_llm`` (the same model without its chat
+    template) serves completion-format ones such as the bundled InPars prompts.
     Rows dropped by a filter stay in the table with ``dropped_by`` set; kept rows have it null.
     The round-trip filter needs an encoder and is applied separately by :func:`round_trip_filter`.
     """
-    overrides = config.template_overrides or {}
-    styles = [s for s in config.styles if s in STYLE_TEMPLATES or s in overrides]
-    if not styles:
-        raise ValueError(f"no known query style in {config.styles}; known: {sorted(STYLE_TEMPLATES)}")
-    templates = {s: load_template(overrides.get(s, STYLE_TEMPLATES.get(s, ""))) for s in styles}
+    templates = style_templates(config)
+    styles = list(templates)
     params = SamplingParams(
         temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed, stop=("\n",)
     )
     docs = sample_documents(corpus, config.documents_to_sample, config.seed)
+    instruction = f"{config.instruction.strip()}\n\n" if config.instruction.strip() else ""
     jobs = []
     for doc in docs.iter_rows(named=True):
         passage = passage_text(doc["title"], doc["text"])
         short = " ".join(passage.split()[: config.max_passage_words])
         for j in range(config.queries_per_document):
             style = styles[j % len(styles)]
-            prompt = templates[style].render(passage=short, instruction=config.instruction).replace("  ", " ")
-            jobs.append((doc["doc_id"], passage, style, prompt))
+            jobs.append((doc["doc_id"], passage, style, templates[style].render(passage=short, instruction=instruction)))
+    model = llm if llm is not None else completion_llm  # the same weights either way
     if progress:
-        progress(f"generating {len(jobs)} queries for {docs.height} passages with {llm.model_id}")
-    outputs = llm.generate([j[3] for j in jobs], params)
+        progress(f"generating {len(jobs)} queries for {docs.height} passages with {model.model_id}")
+    outputs: list = [None] * len(jobs)
+    for chat in (True, False):
+        todo = [i for i, job in enumerate(jobs) if templates[job[2]].chat is chat]
+        if not todo:
+            continue
+        backend = llm if chat else completion_llm
+        if backend is None:
+            raise ValueError("completion-format templates need completion_llm (the model without its chat template)")
+        for i, out in zip(todo, backend.generate([jobs[i][3] for i in todo], params), strict=True):
+            outputs[i] = out
     rows, seen = [], set()
     sampling = params.cache_key()
     for i, ((doc_id, passage, style, _), out) in enumerate(zip(jobs, outputs, strict=True)):
@@ -175,8 +194,8 @@ def generate_synthetic_queries(
                 "style": style,
                 "template_id": templates[style].id,
                 "template_hash": templates[style].hash,
-                "model_id": llm.model_id,
-                "model_hash": llm.weights_hash,
+                "model_id": model.model_id,
+                "model_hash": model.weights_hash,
                 "sampling": sampling,
                 "seed": config.seed,
                 "raw_output": out.text,

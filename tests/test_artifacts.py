@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import polars as pl
 import pytest
 
@@ -69,9 +71,9 @@ def test_verify_detects_a_flipped_byte(store):
     ref = store.put_table(pl.DataFrame({"x": list(range(100))}), "t")
     store.write_manifest(ref, build_manifest(ref, asset="t", upstream={}))
     assert all(r["ok"] for r in verify(store))
-    path = ref.payload_uri
-    data = bytearray(open(path, "rb").read())
+    path = Path(ref.payload_uri)
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
-    open(path, "wb").write(bytes(data))
+    path.write_bytes(bytes(data))
     bad = [r for r in verify(store) if not r["ok"]]
     assert [r["hash"] for r in bad] == [ref.hash]

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -45,7 +47,7 @@ def test_filters_have_known_answers():
 def test_generation_records_lineage_and_drops_duplicates():
     llm = ScriptedLLM(answers=lambda p: "same query for all")
     cfg = QueryGenerationConfig(documents_to_sample=None, round_trip_k=None, styles=("question",))
-    q = generate_synthetic_queries(CORPUS, llm, cfg)
+    q = generate_synthetic_queries(CORPUS, llm, cfg, completion_llm=llm)
     assert q.height == 6
     assert q["dropped_by"].to_list() == [None] + ["duplicate"] * 5
     row = q.row(0, named=True)
@@ -57,7 +59,7 @@ def test_generation_records_lineage_and_drops_duplicates():
 def test_styles_round_robin_and_splits_are_by_passage():
     llm = ScriptedLLM(answers=lambda p: f"query {hash(p) % 100000} words")
     cfg = QueryGenerationConfig(documents_to_sample=None, queries_per_document=3, round_trip_k=None, dev_fraction=0.5)
-    q = generate_synthetic_queries(CORPUS, llm, cfg)
+    q = generate_synthetic_queries(CORPUS, llm, cfg, completion_llm=llm)
     assert q.group_by("doc_id").agg(pl.col("style").n_unique())["style"].to_list() == [3] * 6
     assert (q.group_by("doc_id").agg(pl.col("split").n_unique())["split"] == 1).all()
 
@@ -72,6 +74,23 @@ def test_round_trip_filter_drops_queries_whose_source_is_not_retrieved():
 
 def test_same_seed_same_table():
     cfg = QueryGenerationConfig(documents_to_sample=3, round_trip_k=None, seed=7)
-    a = generate_synthetic_queries(CORPUS, ScriptedLLM(answers=lambda p: p[-40:]), cfg)
-    b = generate_synthetic_queries(CORPUS, ScriptedLLM(answers=lambda p: p[-40:]), cfg)
+    a = generate_synthetic_queries(CORPUS, None, cfg, completion_llm=ScriptedLLM(answers=lambda p: p[-40:]))
+    b = generate_synthetic_queries(CORPUS, None, cfg, completion_llm=ScriptedLLM(answers=lambda p: p[-40:]))
     assert a.equals(b)
+
+
+def test_completion_templates_need_the_completion_model():
+    cfg = QueryGenerationConfig(documents_to_sample=2, round_trip_k=None)
+    with pytest.raises(ValueError, match="completion_llm"):
+        generate_synthetic_queries(CORPUS, ScriptedLLM(), cfg)
+
+
+def test_prompt_edit_changes_template_hash_but_comment_edit_does_not(tmp_path):
+    from retriever_forge.prompts import load_template
+
+    base = load_template("queries/inpars_question_v1")
+    src = (Path(__file__).parents[1] / "retriever_forge/prompts/queries/inpars_question_v1.txt").read_text()
+    (tmp_path / "comment.txt").write_text("# another comment\n" + src)
+    (tmp_path / "edited.txt").write_text(src.replace("Example 1:", "Example one:"))
+    assert load_template(str(tmp_path / "comment.txt")).hash == base.hash
+    assert load_template(str(tmp_path / "edited.txt")).hash != base.hash

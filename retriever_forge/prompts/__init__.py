@@ -2,8 +2,11 @@
 
 A template id is ``<group>/<name>`` (e.g. ``queries/inpars_question_v1``) naming a bundled file,
 or a path to the user's own ``.txt`` file. Lines starting with ``#`` are comments and are not
-sent; the hash covers the text that is sent, so editing a comment changes nothing downstream
-while editing the prompt changes every artifact made from it.
+sent; the hash covers the text that is sent (and its format), so editing a comment changes
+nothing downstream while editing the prompt changes every artifact made from it.
+
+A ``# format: completion`` line marks a template that is sent as plain text to be continued
+(InPars-style few-shot patterns); by default a template is a chat user turn.
 
 Example:
     >>> from retriever_forge.prompts import load_template
@@ -27,6 +30,7 @@ class PromptTemplate:
     id: str
     text: str
     hash: str
+    chat: bool = True  # False: a completion prompt, sent without the chat template
 
     def render(self, **fields: str) -> str:
         # str.replace rather than str.format: passages contain braces.
@@ -36,7 +40,7 @@ class PromptTemplate:
         return out
 
     def as_record(self) -> dict:
-        return {"id": self.id, "hash": self.hash}
+        return {"id": self.id, "hash": self.hash, "format": "chat" if self.chat else "completion"}
 
 
 def load_template(template_id: str) -> PromptTemplate:
@@ -46,6 +50,8 @@ def load_template(template_id: str) -> PromptTemplate:
     if not path.exists():
         available = sorted(p.relative_to(PROMPTS_DIR).with_suffix("").as_posix() for p in PROMPTS_DIR.rglob("*.txt"))
         raise FileNotFoundError(f"prompt template {template_id!r} not found; bundled templates: {available}")
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if not ln.startswith("#")]
-    text = "\n".join(lines).strip() + "\n"
-    return PromptTemplate(id=template_id, text=text, hash=hash_text(text))
+    raw = path.read_text(encoding="utf-8").splitlines()
+    chat = not any(ln.strip().lower() == "# format: completion" for ln in raw)
+    # Completion prompts end where the model continues (after "Relevant Query:"): no newline.
+    text = "\n".join(ln for ln in raw if not ln.startswith("#")).strip() + ("\n" if chat else "")
+    return PromptTemplate(id=template_id, text=text, hash=hash_text(("chat\n" if chat else "completion\n") + text), chat=chat)

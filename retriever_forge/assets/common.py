@@ -1,0 +1,127 @@
+"""What every asset does the same way: partitions, publishing an artifact with its manifest,
+reading upstream tables, and per-dataset config overrides."""
+
+
+import time
+from contextlib import contextmanager
+
+import dagster as dg
+import polars as pl
+
+from retriever_forge.artifacts import ArtifactRef, ArtifactStore
+from retriever_forge.datasets import DatasetSpec, load_registry
+from retriever_forge.provenance import build_manifest, code_version, now, trace, trace_markdown
+
+# One partition per named dataset in datasets.yaml: adding a dataset needs no code change,
+# only a reload of the code location.
+DATASETS = load_registry()
+dataset_partitions = dg.StaticPartitionsDefinition(sorted(DATASETS))
+CODE_VERSION = code_version()
+
+
+def dataset_spec(context: dg.AssetExecutionContext) -> DatasetSpec:
+    name = context.partition_key
+    registry = load_registry()  # re-read: the file may have changed since the code location loaded
+    if name not in registry:
+        raise dg.Failure(f"dataset {name!r} is not in the datasets file; known: {sorted(registry)}")
+    return registry[name]
+
+
+def effective_config(config: dg.Config, spec: DatasetSpec, asset: str) -> dict:
+    """Config values: run config set explicitly > the dataset's overrides in datasets.yaml > defaults."""
+    values = config.model_dump()
+    overrides = (spec.extra or {}).get("overrides", {}).get(asset, {})
+    for key, value in overrides.items():
+        if key not in values:
+            raise dg.Failure(f"datasets file: dataset {spec.name!r}: {asset}.{key} is not a config field of {asset}")
+        if key not in config.model_fields_set:
+            values[key] = value
+    return values
+
+
+def read_table(store: ArtifactStore, ref: ArtifactRef) -> pl.DataFrame:
+    return store.read_table(ref)
+
+
+def markdown_table(df: pl.DataFrame, max_rows: int = 10, max_chars: int = 120) -> str:
+    """A small Markdown preview of a table for the UI."""
+    df = df.head(max_rows)
+    cols = df.columns
+
+    def cell(v) -> str:
+        s = str(v).replace("|", "\\|").replace("\n", " ")
+        return s if len(s) <= max_chars else s[: max_chars - 1] + "…"
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join(lines)
+
+
+@contextmanager
+def timed():
+    """Yields a dict that receives ``started_at`` now and ``seconds`` on exit."""
+    box = {"started_at": now(), "t0": time.perf_counter()}
+    try:
+        yield box
+    finally:
+        box["seconds"] = round(time.perf_counter() - box["t0"], 2)
+
+
+def publish(
+    context: dg.AssetExecutionContext,
+    store: ArtifactStore,
+    ref: ArtifactRef,
+    *,
+    asset: str,
+    upstream: dict[str, ArtifactRef],
+    timing: dict,
+    rows: int | None = None,
+    config: dict | None = None,
+    models: dict | None = None,
+    prompts: dict | None = None,
+    sampling: dict | None = None,
+    seeds: dict | None = None,
+    metadata: dict | None = None,
+    output_name: str = "result",
+    with_trace: bool = False,
+) -> dg.Output:
+    """Write the artifact's manifest and wrap the ref in an Output whose data version is its hash."""
+    manifest = build_manifest(
+        ref,
+        asset=asset,
+        upstream=upstream,
+        partition=context.partition_key if context.has_partition_key else None,
+        run_id=context.run.run_id,
+        config=config,
+        models=models,
+        prompts=prompts,
+        sampling=sampling,
+        seeds=seeds,
+        rows=rows,
+        started_at=timing.get("started_at"),
+        extra={"seconds": timing.get("seconds")},
+    )
+    store.write_manifest(ref, manifest)
+    md = {
+        "artifact_hash": ref.hash,
+        "artifact_path": dg.MetadataValue.path(ref.payload_uri),
+        "code_version": manifest["code_version"],
+        "upstream_hashes": dg.MetadataValue.json(manifest["upstream"]),
+        "seconds": timing.get("seconds"),
+    }
+    if rows is not None:
+        md["dagster/row_count"] = rows
+    if models:
+        md["models"] = dg.MetadataValue.json(models)
+    if prompts:
+        md["prompts"] = dg.MetadataValue.json(prompts)
+    if config:
+        md["config"] = dg.MetadataValue.json(config)
+    if with_trace:
+        md["lineage"] = dg.MetadataValue.md(trace_markdown(trace(store, ref.hash)))
+    md.update(metadata or {})
+    return dg.Output(ref, output_name=output_name, metadata=md, data_version=dg.DataVersion(ref.hash))
+
+
+def log_progress(context: dg.AssetExecutionContext):
+    return lambda message: context.log.info(message)

@@ -1,0 +1,69 @@
+"""Stage 1: the corpus and, where the dataset has them, its human-judged evaluation queries."""
+
+
+import dagster as dg
+import polars as pl
+
+from retriever_forge import schemas
+from retriever_forge.assets.common import CODE_VERSION, dataset_partitions, dataset_spec, markdown_table, publish, timed
+from retriever_forge.datasets import DatasetError, load_dataset
+from retriever_forge.resources import ArtifactStoreResource
+
+CHECKS = [
+    dg.AssetCheckSpec("corpus_schema", asset="corpus", blocking=True),
+    dg.AssetCheckSpec("corpus_non_empty_unique_ids", asset="corpus", blocking=True),
+]
+
+
+@dg.multi_asset(
+    outs={
+        "corpus": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars", "parquet"},
+                              description="Passages of the dataset: doc_id, title, text."),
+        "eval_queries": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars"},
+                                    description="Human-judged test queries (empty when the dataset has none)."),
+        "eval_qrels": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars"},
+                                  description="Human relevance judgments (empty when the dataset has none)."),
+    },
+    partitions_def=dataset_partitions,
+    group_name="data",
+    check_specs=CHECKS,
+)  # fmt: skip
+def corpus(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource):
+    """Load the partition's dataset (BEIR folder, files, ir_datasets id or the offline demo)."""
+    spec = dataset_spec(context)
+    store = artifact_store.get_store()
+    with timed() as t:
+        try:
+            ds = load_dataset(spec)
+        except DatasetError as e:
+            raise dg.Failure(str(e)) from e
+        corpus_ref = store.put_table(ds.corpus, "corpus")
+        queries = ds.queries if ds.queries is not None else pl.DataFrame(schema=schemas.QUERIES)
+        qrels = ds.qrels if ds.qrels is not None else pl.DataFrame(schema=schemas.QRELS)
+        queries_ref = store.put_table(queries, "eval_queries")
+        qrels_ref = store.put_table(qrels, "eval_qrels")
+    source = {"dataset": spec.as_dict()}
+    quarantined = ds.quarantine.height if ds.quarantine is not None else 0
+    yield publish(
+        context, store, corpus_ref, asset="corpus", upstream={}, timing=t, rows=ds.corpus.height, config=source,
+        output_name="corpus",
+        metadata={
+            "quarantined_rows": quarantined,
+            "mean_words": round(float(ds.corpus["text"].str.split(" ").list.len().mean()), 1),
+            "preview": dg.MetadataValue.md(markdown_table(ds.corpus, 5)),
+        },
+    )  # fmt: skip
+    judged = "human" if ds.has_judgments else "none"
+    for name, ref, df in (("eval_queries", queries_ref, queries), ("eval_qrels", qrels_ref, qrels)):
+        yield publish(
+            context, store, ref, asset=name, upstream={"corpus": corpus_ref}, timing=t, rows=df.height, config=source,
+            output_name=name, metadata={"judgments": judged},
+        )  # fmt: skip
+    problems = schemas.check_schema(ds.corpus, schemas.CORPUS, "corpus")
+    yield dg.AssetCheckResult(check_name="corpus_schema", asset_key="corpus", passed=not problems,
+                              metadata={"problems": "; ".join(problems) or "none"})  # fmt: skip
+    dupes = ds.corpus.height - ds.corpus["doc_id"].n_unique()
+    yield dg.AssetCheckResult(
+        check_name="corpus_non_empty_unique_ids", asset_key="corpus", passed=ds.corpus.height > 0 and dupes == 0,
+        metadata={"rows": ds.corpus.height, "duplicate_ids": dupes, "quarantined_rows": quarantined},
+    )  # fmt: skip

@@ -1,0 +1,170 @@
+"""Stages 6–7: the FAISS index of the corpus under the fine-tuned encoder, and the scoreboard."""
+
+
+import json
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from retriever_forge.artifacts import ArtifactRef
+from retriever_forge.assets.common import CODE_VERSION, dataset_partitions, dataset_spec, effective_config, publish, timed
+from retriever_forge.assets.generation import _corpus_embeddings
+from retriever_forge.encoding import encode
+from retriever_forge.evaluation import MEASURES, bm25_run, dense_run, qrels_dict, score_run, scoreboard_markdown
+from retriever_forge.indexing import build_corpus_index, load_corpus_index, search_corpus_index
+from retriever_forge.resources import ArtifactStoreResource, EncoderResource
+
+
+class CorpusIndexConfig(dg.Config):
+    index_type: str = Field(default="auto", description="flat | hnsw | ivf | auto (flat below exact_max_docs).")
+    exact_max_docs: int = Field(default=200_000, description="auto: largest corpus indexed exactly.")
+
+
+class BenchmarkConfig(dg.Config):
+    depth: int = Field(default=100, description="Documents retrieved per query.")
+    max_regression: float = Field(default=0.02, description="Asset check: fine-tuned nDCG@10 may trail the base by at most this.")
+
+
+@dg.asset(
+    partitions_def=dataset_partitions,
+    group_name="evaluation",
+    io_manager_key="artifact_io",
+    code_version=CODE_VERSION,
+    kinds={"faiss"},
+)
+def corpus_index(
+    context: dg.AssetExecutionContext,
+    config: CorpusIndexConfig,
+    corpus: ArtifactRef,
+    fine_tuned_encoder: ArtifactRef,
+    artifact_store: ArtifactStoreResource,
+    encoder: EncoderResource,
+):
+    """FAISS index of the corpus embedded by the fine-tuned encoder (index file + doc ids)."""
+    values = effective_config(config, dataset_spec(context), "corpus_index")
+    store = artifact_store.get_store()
+    corpus_df = store.read_table(corpus)
+    with timed() as t:
+        tuned = encoder.load(str(store.local_path(fine_tuned_encoder)))
+        emb = _corpus_embeddings(tuned, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+        with tempfile.TemporaryDirectory() as tmp:
+            info = build_corpus_index(np.asarray(emb), corpus_df["doc_id"].to_list(), Path(tmp),
+                                      index_type=values["index_type"], exact_max_docs=values["exact_max_docs"])  # fmt: skip
+            ref = store.put_folder(tmp, "corpus_index", payload="index")
+    return publish(
+        context, store, ref, asset="corpus_index", upstream={"corpus": corpus, "fine_tuned_encoder": fine_tuned_encoder},
+        timing=t, rows=corpus_df.height, config=values,
+        models={"encoder": {"id": "fine_tuned_encoder", "weights_hash": fine_tuned_encoder.hash}},
+        metadata={"index_type": info["index_type"], "dimension": info["dimension"], "vectors": info["vectors"]},
+    )  # fmt: skip
+
+
+def synthetic_eval_set(queries: pl.DataFrame, judgments: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Held-out synthetic queries and LLM pseudo-qrels, for corpora without human judgments.
+
+    The source passage counts as relevant (grade at least 1, as in InPars/GPL); retrieved
+    candidates count when the judge graded them 2 or 3.
+    """
+    test = queries.filter(pl.col("dropped_by").is_null() & (pl.col("split") == "test"))
+    j = judgments.filter(pl.col("query_id").is_in(test["query_id"].implode()))
+    qrels = pl.concat([
+        j.filter(pl.col("pair_type") == "source").select("query_id", "doc_id", pl.max_horizontal(pl.col("grade"), pl.lit(1)).alias("relevance")),
+        j.filter((pl.col("pair_type") == "candidate") & (pl.col("grade") >= 2)).select("query_id", "doc_id", pl.col("grade").alias("relevance")),
+    ]).unique(["query_id", "doc_id"], keep="first").cast({"relevance": pl.Int64})  # fmt: skip
+    return test.select("query_id", "text"), qrels
+
+
+@dg.asset(
+    partitions_def=dataset_partitions,
+    group_name="evaluation",
+    io_manager_key="artifact_io",
+    code_version=CODE_VERSION,
+    kinds={"polars"},
+    check_specs=[
+        dg.AssetCheckSpec("fine_tuned_not_worse", asset="benchmark_scores",
+                          description="Fine-tuned nDCG@10 is not below the base encoder's by more than max_regression."),
+    ],
+)  # fmt: skip
+def benchmark_scores(
+    context: dg.AssetExecutionContext,
+    config: BenchmarkConfig,
+    corpus: ArtifactRef,
+    eval_queries: ArtifactRef,
+    eval_qrels: ArtifactRef,
+    synthetic_queries: ArtifactRef,
+    relevance_judgments: ArtifactRef,
+    fine_tuned_encoder: ArtifactRef,
+    corpus_index: ArtifactRef,
+    artifact_store: ArtifactStoreResource,
+    encoder: EncoderResource,
+):
+    """nDCG@10, Recall@100, MAP and MRR (pytrec_eval) for BM25, the base and the fine-tuned encoder."""
+    spec = dataset_spec(context)
+    values = effective_config(config, spec, "benchmark_scores")
+    store = artifact_store.get_store()
+    corpus_df = store.read_table(corpus)
+    queries, qrels = store.read_table(eval_queries), store.read_table(eval_qrels)
+    judged_by = "human"
+    if qrels.height == 0:
+        judged_by = "synthetic"
+        queries, qrels = synthetic_eval_set(store.read_table(synthetic_queries), store.read_table(relevance_judgments))
+    if queries.height == 0:
+        raise dg.Failure(f"dataset {spec.name!r}: no evaluation queries (no human qrels and no held-out synthetic queries)")
+    qrels_by_query = qrels_dict(qrels)
+    query_ids, query_texts = queries["query_id"].to_list(), queries["text"].to_list()
+    doc_ids = corpus_df["doc_id"].to_list()
+    with timed() as t:
+        runs, seconds = {}, {}
+        with timed() as ts:
+            runs["bm25"] = bm25_run(corpus_df, queries, k=values["depth"])
+        seconds["bm25"] = ts["seconds"]
+        with timed() as ts:
+            base = encoder.load()
+            base_corpus = _corpus_embeddings(base, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+            runs["base"] = dense_run(encode(base, query_texts), np.asarray(base_corpus), query_ids, doc_ids, k=values["depth"])
+        seconds["base"] = ts["seconds"]
+        with timed() as ts:
+            tuned = encoder.load(str(store.local_path(fine_tuned_encoder)))
+            index = load_corpus_index(store.local_path(corpus_index))
+            runs["fine-tuned"] = search_corpus_index(index, encode(tuned, query_texts), query_ids, k=values["depth"])
+        seconds["fine-tuned"] = ts["seconds"]
+        per_query, rows = [], []
+        for system, run in runs.items():
+            pq, agg = score_run(run, qrels_by_query)
+            per_query.append(pq.with_columns(pl.lit(system).alias("system")))
+            rows.append({"system": system, **agg, "queries": pq.height, "judgments": judged_by, "search_seconds": seconds[system]})
+        table = pl.concat(per_query).select("system", "query_id", *MEASURES)
+        ref = store.put_table(table, "benchmark_scores")
+    markdown = scoreboard_markdown(rows, judged_by)
+    scoreboard_path = _write_scoreboard(artifact_store, spec.name, rows, markdown, ref)
+    by_system = {r["system"]: r for r in rows}
+    yield publish(
+        context, store, ref, asset="benchmark_scores",
+        upstream={"corpus": corpus, "eval_queries": eval_queries, "eval_qrels": eval_qrels, "synthetic_queries": synthetic_queries,
+                  "relevance_judgments": relevance_judgments, "fine_tuned_encoder": fine_tuned_encoder, "corpus_index": corpus_index},
+        timing=t, rows=table.height, config=values,
+        models={"base_encoder": {"id": base.name, "weights_hash": base.weights_hash},
+                "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": fine_tuned_encoder.hash}},
+        metadata={"scoreboard": dg.MetadataValue.md(markdown), "judgments": judged_by,
+                  "scoreboard_file": dg.MetadataValue.path(str(scoreboard_path)),
+                  **{f"ndcg_cut_10/{s}": r["ndcg_cut_10"] for s, r in by_system.items()}},
+        with_trace=True,
+    )  # fmt: skip
+    delta = by_system["fine-tuned"]["ndcg_cut_10"] - by_system["base"]["ndcg_cut_10"]
+    yield dg.AssetCheckResult(
+        check_name="fine_tuned_not_worse", asset_key="benchmark_scores", passed=bool(delta >= -values["max_regression"]),
+        severity=dg.AssetCheckSeverity.WARN, metadata={"ndcg_cut_10_delta": round(delta, 4), "judgments": judged_by},
+    )  # fmt: skip
+
+
+def _write_scoreboard(artifact_store: ArtifactStoreResource, dataset: str, rows: list[dict], markdown: str, ref: ArtifactRef) -> Path:
+    """A human-findable copy of the latest scoreboard per dataset (the artifact itself is immutable)."""
+    folder = artifact_store.scoreboard_dir()
+    (folder / f"{dataset}.md").write_text(f"# {dataset}\n\n{markdown}\n\nArtifact: `{ref.hash}`\n")
+    (folder / f"{dataset}.json").write_text(json.dumps({"dataset": dataset, "artifact_hash": ref.hash, "systems": rows}, indent=1))
+    return folder / f"{dataset}.md"
+

@@ -1,0 +1,223 @@
+"""Stages 2–3: synthetic queries from the LLM and graded relevance judgments from the LLM judge."""
+
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from retriever_forge.artifacts import ArtifactRef
+from retriever_forge.assets.common import (
+    CODE_VERSION,
+    dataset_partitions,
+    dataset_spec,
+    effective_config,
+    log_progress,
+    markdown_table,
+    publish,
+    timed,
+)
+from retriever_forge.datasets import passage_text
+from retriever_forge.encoding import encode_cached
+from retriever_forge.judging import JudgingConfig, judge_pairs, judgment_summary
+from retriever_forge.prompts import load_template
+from retriever_forge.querygen import (
+    STYLE_TEMPLATES,
+    QueryGenerationConfig,
+    generate_synthetic_queries,
+    generation_summary,
+    round_trip_filter,
+    style_templates,
+)
+from retriever_forge.resources import ArtifactStoreResource, EncoderResource, LLMResource
+from retriever_forge.search import exact_search
+
+
+class SyntheticQueriesConfig(dg.Config):
+    documents_to_sample: int | None = Field(default=200, description="Passages to write queries for (null: all).")
+    queries_per_document: int = Field(default=1, description="Queries per passage; styles are used round-robin.")
+    styles: list[str] = Field(default=["question", "keywords", "claim"], description=f"Query styles: {sorted(STYLE_TEMPLATES)}.")
+    instruction: str = Field(default="", description="Optional corpus-specific instruction added to the prompt.")
+    templates: dict[str, str] = Field(default={}, description="Per style, a template id or a path to your own .txt prompt.")
+    temperature: float = Field(default=0.0, description="0: greedy decoding.")
+    max_new_tokens: int = 32
+    round_trip_k: int | None = Field(default=10, description="Promptagator round-trip filter depth (null: off).")
+    dev_fraction: float = Field(default=0.1, description="Share of passages whose queries form the dev split.")
+    synthetic_test_fraction: float = Field(
+        default=0.2, description="Datasets without human judgments: share of passages held out for the synthetic benchmark."
+    )
+    max_unparseable_share: float = Field(default=0.5, description="Asset check: fail above this share of unusable outputs.")
+    seed: int = 0
+
+
+class RelevanceJudgmentsConfig(dg.Config):
+    template: str = Field(default="judge/umbrela_v1", description="Judge prompt template id or .txt path.")
+    candidates_per_query: int = Field(default=8, description="Base-retriever candidates judged per query.")
+    candidate_rank_start: int = Field(default=1, description="1-based rank of the first candidate judged.")
+
+
+def _corpus_embeddings(encoder, corpus: pl.DataFrame, cache_dir, batch_size: int) -> np.ndarray:
+    texts = [passage_text(t, x) for t, x in zip(corpus["title"], corpus["text"], strict=True)]
+    return encode_cached(encoder, texts, cache_dir, batch_size=batch_size)
+
+
+@dg.asset(
+    partitions_def=dataset_partitions,
+    group_name="generation",
+    io_manager_key="artifact_io",
+    code_version=CODE_VERSION,
+    kinds={"polars", "llm"},
+    check_specs=[
+        dg.AssetCheckSpec("unparseable_share", asset="synthetic_queries", blocking=True),
+        dg.AssetCheckSpec("enough_queries", asset="synthetic_queries", blocking=True),
+    ],
+)
+def synthetic_queries(
+    context: dg.AssetExecutionContext,
+    config: SyntheticQueriesConfig,
+    corpus: ArtifactRef,
+    eval_qrels: ArtifactRef,
+    artifact_store: ArtifactStoreResource,
+    llm: LLMResource,
+    encoder: EncoderResource,
+):
+    """LLM-written queries for sampled passages (InPars/Promptagator), with every filter decision kept."""
+    spec = dataset_spec(context)
+    values = effective_config(config, spec, "synthetic_queries")
+    store = artifact_store.get_store()
+    corpus_df = store.read_table(corpus)
+    has_human_judgments = store.read_table(eval_qrels).height > 0
+    qg = QueryGenerationConfig(
+        documents_to_sample=values["documents_to_sample"],
+        queries_per_document=values["queries_per_document"],
+        styles=tuple(values["styles"]),
+        instruction=values["instruction"],
+        template_overrides=values["templates"],
+        temperature=values["temperature"],
+        max_new_tokens=values["max_new_tokens"],
+        round_trip_k=values["round_trip_k"],
+        dev_fraction=values["dev_fraction"],
+        test_fraction=0.0 if has_human_judgments else values["synthetic_test_fraction"],
+        seed=values["seed"],
+    )
+    with timed() as t:
+        generator = llm.build(artifact_store.scratch("llm-cache"), chat=True)
+        completer = llm.build(artifact_store.scratch("llm-cache"), chat=False)
+        queries = generate_synthetic_queries(corpus_df, generator, qg, progress=log_progress(context), completion_llm=completer)
+        if qg.round_trip_k:
+            enc = encoder.load()
+            corpus_emb = _corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+            kept = queries.filter(pl.col("dropped_by").is_null())
+            q_emb = encode_cached(enc, kept["text"].to_list(), None, batch_size=encoder.batch_size)
+            queries = round_trip_filter(queries, q_emb, corpus_emb, corpus_df["doc_id"].to_list(), qg.round_trip_k)
+        ref = store.put_table(queries, "synthetic_queries")
+    summary = generation_summary(queries)
+    stats = {k: generator.stats.get(k, 0) + completer.stats.get(k, 0) for k in set(generator.stats) | set(completer.stats)}
+    templates = {s: t.as_record() for s, t in style_templates(qg).items()}
+    models = {"generator": {"id": generator.model_id, "weights_hash": generator.weights_hash, "backend": llm.backend}}
+    if qg.round_trip_k:
+        models["round_trip_encoder"] = {"id": enc.name, "weights_hash": enc.weights_hash}
+    kept = queries.filter(pl.col("dropped_by").is_null())
+    yield publish(
+        context, store, ref, asset="synthetic_queries", upstream={"corpus": corpus, "eval_qrels": eval_qrels}, timing=t,
+        rows=queries.height, config=values, models=models, prompts=templates,
+        sampling=dict(temperature=qg.temperature, max_new_tokens=qg.max_new_tokens), seeds={"seed": qg.seed},
+        metadata={
+            "kept_queries": summary["kept"],
+            "dropped_by_filter": dg.MetadataValue.json(summary["dropped"]),
+            "splits": dg.MetadataValue.json(summary["splits"]),
+            "llm_stats": dg.MetadataValue.json(stats),
+            "queries_per_second": round(summary["generated"] / max(stats.get("seconds", 0.0), 1e-9), 2) if stats.get("misses") else None,
+            "sample_queries": dg.MetadataValue.md(markdown_table(kept.select("doc_id", "style", "text"), 10)),
+        },
+    )  # fmt: skip
+    share = summary["unparseable_share"]
+    yield dg.AssetCheckResult(
+        check_name="unparseable_share", asset_key="synthetic_queries", passed=share <= values["max_unparseable_share"],
+        metadata={"unparseable_share": share, "threshold": values["max_unparseable_share"]},
+    )  # fmt: skip
+    yield dg.AssetCheckResult(
+        check_name="enough_queries", asset_key="synthetic_queries", passed=summary["splits"].get("train", 0) > 0,
+        metadata={"kept": summary["kept"], "splits": dg.MetadataValue.json(summary["splits"])},
+    )  # fmt: skip
+
+
+def judgment_pairs(queries: pl.DataFrame, corpus: pl.DataFrame, corpus_emb: np.ndarray, query_emb: np.ndarray, cfg: JudgingConfig) -> pl.DataFrame:
+    """Source pairs plus the base retriever's candidates in the configured rank window."""
+    doc_ids = corpus["doc_id"].to_list()
+    passages = {d: passage_text(t, x) for d, t, x in corpus.select("doc_id", "title", "text").iter_rows()}
+    depth = cfg.candidate_rank_start - 1 + cfg.candidates_per_query + 1  # +1: the source may sit in the window
+    _, idx = exact_search(query_emb, corpus_emb, k=depth)
+    rows = []
+    for i, (qid, source, text) in enumerate(queries.select("query_id", "doc_id", "text").iter_rows()):
+        rows.append((qid, text, source, passages[source], "source", 0))
+        taken = 0
+        for rank, j in enumerate(idx[i], start=1):
+            doc = doc_ids[int(j)]
+            if rank < cfg.candidate_rank_start or doc == source or j < 0:
+                continue
+            if taken == cfg.candidates_per_query:
+                break
+            rows.append((qid, text, doc, passages[doc], "candidate", rank))
+            taken += 1
+    return pl.DataFrame(
+        rows, orient="row",
+        schema={"query_id": pl.String, "query": pl.String, "doc_id": pl.String, "passage": pl.String,
+                "pair_type": pl.String, "retrieval_rank": pl.Int64},
+    )  # fmt: skip
+
+
+@dg.asset(
+    partitions_def=dataset_partitions,
+    group_name="generation",
+    io_manager_key="artifact_io",
+    code_version=CODE_VERSION,
+    kinds={"polars", "llm"},
+    check_specs=[
+        dg.AssetCheckSpec("judged_grade_distribution", asset="relevance_judgments",
+                          description="Source passages should be judged more relevant than retrieved candidates."),
+    ],
+)  # fmt: skip
+def relevance_judgments(
+    context: dg.AssetExecutionContext,
+    config: RelevanceJudgmentsConfig,
+    corpus: ArtifactRef,
+    synthetic_queries: ArtifactRef,
+    artifact_store: ArtifactStoreResource,
+    llm: LLMResource,
+    encoder: EncoderResource,
+):
+    """UMBRELA 0–3 grades by constrained choice, for each query's source and its top candidates."""
+    spec = dataset_spec(context)
+    values = effective_config(config, spec, "relevance_judgments")
+    cfg = JudgingConfig(template=values["template"], candidates_per_query=values["candidates_per_query"],
+                        candidate_rank_start=values["candidate_rank_start"])  # fmt: skip
+    store = artifact_store.get_store()
+    corpus_df = store.read_table(corpus)
+    queries = store.read_table(synthetic_queries).filter(pl.col("dropped_by").is_null())
+    with timed() as t:
+        enc = encoder.load()
+        corpus_emb = _corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+        query_emb = encode_cached(enc, queries["text"].to_list(), None, batch_size=encoder.batch_size)
+        pairs = judgment_pairs(queries, corpus_df, corpus_emb, query_emb, cfg)
+        judge = llm.build(artifact_store.scratch("llm-cache"))
+        judgments = judge_pairs(pairs, judge, cfg, progress=log_progress(context))
+        ref = store.put_table(judgments, "relevance_judgments")
+    summary = judgment_summary(judgments)
+    template = load_template(cfg.template)
+    yield publish(
+        context, store, ref, asset="relevance_judgments",
+        upstream={"corpus": corpus, "synthetic_queries": synthetic_queries}, timing=t, rows=judgments.height,
+        config=values,
+        models={"judge": {"id": judge.model_id, "weights_hash": judge.weights_hash, "backend": llm.backend},
+                "candidate_encoder": {"id": enc.name, "weights_hash": enc.weights_hash}},
+        prompts={"judge": template.as_record()},
+        metadata={"grades": dg.MetadataValue.json(summary), "llm_stats": dg.MetadataValue.json(dict(judge.stats))},
+    )  # fmt: skip
+    src = summary.get("source", {}).get("mean_expected_grade", 0.0)
+    cand = summary.get("candidate", {}).get("mean_expected_grade", 0.0)
+    yield dg.AssetCheckResult(
+        check_name="judged_grade_distribution", asset_key="relevance_judgments", passed=bool(src >= cand),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"mean_grade_source": src, "mean_grade_candidates": cand},
+    )  # fmt: skip

@@ -1,0 +1,216 @@
+"""Stages 4–5: hard negatives (with false-negative filters), training examples, fine-tuning."""
+
+
+import dataclasses
+import math
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from retriever_forge.artifacts import ArtifactRef
+from retriever_forge.assets.common import (
+    CODE_VERSION,
+    dataset_partitions,
+    dataset_spec,
+    effective_config,
+    log_progress,
+    markdown_table,
+    publish,
+    timed,
+)
+from retriever_forge.assets.generation import _corpus_embeddings
+from retriever_forge.datasets import passage_text
+from retriever_forge.encoding import encode_cached
+from retriever_forge.hashing import hash_json
+from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
+from retriever_forge.resources import ArtifactStoreResource, EncoderResource
+from retriever_forge.training import TrainingConfig, train_encoder
+
+_MINING_DEFAULTS = MiningConfig()
+_TRAINING_DEFAULTS = TrainingConfig()
+
+
+class HardNegativesConfig(dg.Config):
+    rank_start: int = Field(default=_MINING_DEFAULTS.rank_start, description="First (1-based) rank of the candidate window.")
+    rank_end: int = Field(default=_MINING_DEFAULTS.rank_end, description="Last rank of the candidate window.")
+    negatives_per_query: int = _MINING_DEFAULTS.negatives_per_query
+    relative_margin: float | None = Field(
+        default=_MINING_DEFAULTS.relative_margin, description="NV-Retriever TopK-PercPos: drop score > margin * positive score (null: off)."
+    )
+    absolute_margin: float | None = Field(
+        default=_MINING_DEFAULTS.absolute_margin, description="TopK-MarginPos: drop score > positive score - margin (null: off)."
+    )
+    judge_threshold: float | None = Field(
+        default=_MINING_DEFAULTS.judge_threshold, description="Drop candidates whose judged expected grade >= threshold (null: off)."
+    )
+    guide_model: str | None = Field(default=None, description="GISTEmbed guide encoder (null: off).")
+    bm25_candidates: int = Field(default=_MINING_DEFAULTS.bm25_candidates, description="BM25 candidates mixed in per query.")
+    seed: int = 0
+
+
+class FineTuneConfig(dg.Config):
+    epochs: int = _TRAINING_DEFAULTS.epochs
+    learning_rate: float = _TRAINING_DEFAULTS.learning_rate
+    batch_size: int = _TRAINING_DEFAULTS.batch_size
+    temperature: float = _TRAINING_DEFAULTS.temperature
+    loss: str = Field(default=_TRAINING_DEFAULTS.loss, description="infonce | graded | infonce+graded")
+    topic_batches: bool = Field(default=_TRAINING_DEFAULTS.topic_batches, description="TAS-Balanced topic-aware batches.")
+    seed: int = _TRAINING_DEFAULTS.seed
+
+
+def _kept(store, ref) -> pl.DataFrame:
+    return store.read_table(ref).filter(pl.col("dropped_by").is_null())
+
+
+@dg.asset(
+    partitions_def=dataset_partitions,
+    group_name="training",
+    io_manager_key="artifact_io",
+    code_version=CODE_VERSION,
+    kinds={"faiss", "polars"},
+)
+def hard_negatives(
+    context: dg.AssetExecutionContext,
+    config: HardNegativesConfig,
+    corpus: ArtifactRef,
+    synthetic_queries: ArtifactRef,
+    relevance_judgments: ArtifactRef,
+    artifact_store: ArtifactStoreResource,
+    encoder: EncoderResource,
+):
+    """Candidates from the base encoder + FAISS, each with the filter that dropped it (if any)."""
+    spec = dataset_spec(context)
+    values = effective_config(config, spec, "hard_negatives")
+    store = artifact_store.get_store()
+    corpus_df = store.read_table(corpus)
+    queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
+    judgments = store.read_table(relevance_judgments)
+    mining = MiningConfig(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(MiningConfig)}})
+    mining.use_guide = values["guide_model"] is not None
+    with timed() as t:
+        enc = encoder.load()
+        corpus_emb = _corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+        query_emb = encode_cached(enc, queries["text"].to_list(), None, batch_size=encoder.batch_size)
+        guide = None
+        if values["guide_model"]:
+            g = encoder.load(values["guide_model"])
+            guide = (
+                encode_cached(g, queries["text"].to_list(), None, batch_size=encoder.batch_size),
+                _corpus_embeddings(g, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size),
+            )
+        bm25_texts = [passage_text(a, b) for a, b in zip(corpus_df["title"], corpus_df["text"], strict=True)] if mining.bm25_candidates else None
+        candidates = mine_hard_negatives(
+            query_emb, corpus_emb, queries["query_id"].to_list(), queries["doc_id"].to_list(), corpus_df["doc_id"].to_list(),
+            mining, judgments=judgments.select("query_id", "doc_id", "expected_grade"), guide=guide,
+            bm25=(bm25_texts, queries["text"].to_list()) if bm25_texts else None,
+        )  # fmt: skip
+        ref = store.put_table(candidates, "hard_negatives")
+    reasons = candidates.group_by("dropped_by").len().sort("dropped_by")
+    decisions = {str(r["dropped_by"] or "kept"): r["len"] for r in reasons.iter_rows(named=True)}
+    models = {"mining_encoder": {"id": enc.name, "weights_hash": enc.weights_hash}}
+    if values["guide_model"]:
+        models["guide_encoder"] = {"id": g.name, "weights_hash": g.weights_hash}
+    return publish(
+        context, store, ref, asset="hard_negatives",
+        upstream={"corpus": corpus, "synthetic_queries": synthetic_queries, "relevance_judgments": relevance_judgments},
+        timing=t, rows=candidates.height, config=values, models=models, seeds={"seed": values["seed"]},
+        metadata={"filter_decisions": dg.MetadataValue.json(decisions), "queries": queries.height},
+    )  # fmt: skip
+
+
+@dg.asset(
+    partitions_def=dataset_partitions,
+    group_name="training",
+    io_manager_key="artifact_io",
+    code_version=CODE_VERSION,
+    kinds={"polars"},
+    check_specs=[
+        dg.AssetCheckSpec("examples_valid", asset="training_examples", blocking=True,
+                          description="Non-empty; no positive appears among its own negatives."),
+    ],
+)  # fmt: skip
+def training_examples(
+    context: dg.AssetExecutionContext,
+    corpus: ArtifactRef,
+    synthetic_queries: ArtifactRef,
+    relevance_judgments: ArtifactRef,
+    hard_negatives: ArtifactRef,
+    artifact_store: ArtifactStoreResource,
+):
+    """(query, positive, negatives, grades) rows, each keeping mining ranks and scores."""
+    store = artifact_store.get_store()
+    with timed() as t:
+        queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
+        examples = build_training_examples(queries, store.read_table(corpus), store.read_table(hard_negatives), store.read_table(relevance_judgments))
+        ref = store.put_table(examples, "training_examples")
+    leaks = examples.filter(pl.col("negative_ids").list.contains(pl.col("positive_id"))).height
+    splits = {r["split"]: r["len"] for r in examples.group_by("split").len().sort("split").iter_rows(named=True)}
+    yield publish(
+        context, store, ref, asset="training_examples",
+        upstream={"corpus": corpus, "synthetic_queries": synthetic_queries, "relevance_judgments": relevance_judgments,
+                  "hard_negatives": hard_negatives},
+        timing=t, rows=examples.height,
+        metadata={"splits": dg.MetadataValue.json(splits),
+                  "mean_negatives": round(float(examples["negative_ids"].list.len().mean() or 0), 2),
+                  "preview": dg.MetadataValue.md(markdown_table(examples.select("query", "positive_text", "negative_texts"), 3))},
+    )  # fmt: skip
+    yield dg.AssetCheckResult(
+        check_name="examples_valid", asset_key="training_examples",
+        passed=splits.get("train", 0) > 0 and leaks == 0, metadata={"rows": examples.height, "positive_in_negatives": leaks},
+    )  # fmt: skip
+
+
+@dg.asset(
+    partitions_def=dataset_partitions,
+    group_name="training",
+    io_manager_key="artifact_io",
+    code_version=CODE_VERSION,
+    kinds={"pytorch", "safetensors"},
+    check_specs=[
+        dg.AssetCheckSpec("training_loss_sane", asset="fine_tuned_encoder", blocking=True,
+                          description="Loss is finite and its last quarter averages below its first."),
+    ],
+)  # fmt: skip
+def fine_tuned_encoder(
+    context: dg.AssetExecutionContext,
+    config: FineTuneConfig,
+    training_examples: ArtifactRef,
+    artifact_store: ArtifactStoreResource,
+    encoder: EncoderResource,
+):
+    """The base encoder fine-tuned on the training examples; a sentence-transformers folder (safetensors)."""
+    spec = dataset_spec(context)
+    values = effective_config(config, spec, "fine_tuned_encoder")
+    store = artifact_store.get_store()
+    examples = store.read_table(training_examples)
+    tc = dataclasses.replace(TrainingConfig(), **values)
+    with timed() as t:
+        base = encoder.load()
+        # The work folder is keyed by everything that determines the result, so a resumed run
+        # continues from its own checkpoints and never from another configuration's.
+        run_key = hash_json({"examples": training_examples.hash, "base": base.weights_hash, "config": dataclasses.asdict(tc)})[:16]
+        out_dir = artifact_store.scratch("training", spec.name, run_key)
+        result = train_encoder(base.path, examples, out_dir, tc, progress=log_progress(context), resume=True)
+        ref = store.put_folder(result.model_dir, "fine_tuned_encoder")
+    losses = [h["loss"] for h in result.history]
+    q = max(1, len(losses) // 4)
+    finite = all(math.isfinite(x) for x in losses)
+    decreasing = bool(losses) and (len(losses) < 8 or sum(losses[-q:]) / q < sum(losses[:q]) / q)
+    yield publish(
+        context, store, ref, asset="fine_tuned_encoder", upstream={"training_examples": training_examples}, timing=t,
+        rows=int(examples.height), config={**values, "resolved": dataclasses.asdict(tc)},
+        models={"base_encoder": {"id": base.name, "weights_hash": base.weights_hash},
+                "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": ref.hash}},
+        seeds={"seed": tc.seed},
+        metadata={
+            "device": result.device, "steps": len(losses), "best_step": result.best_step, "stopped_early": result.stopped_early,
+            "final_loss": losses[-1] if losses else None, "training_table_hash": training_examples.hash,
+            "loss_curve": dg.MetadataValue.json([{"step": h["step"], "loss": round(h["loss"], 5)} for h in result.history[:: max(1, len(losses) // 50)]]),
+            "dev_metrics": dg.MetadataValue.json(result.dev_metrics[-10:]),
+        },
+    )  # fmt: skip
+    yield dg.AssetCheckResult(
+        check_name="training_loss_sane", asset_key="fine_tuned_encoder", passed=finite and decreasing,
+        metadata={"finite": finite, "decreasing": decreasing, "steps": len(losses)},
+    )  # fmt: skip

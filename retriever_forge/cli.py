@@ -1,0 +1,131 @@
+"""``retriever-forge``: run the graph, trace an artifact's lineage, verify the store.
+
+Examples::
+
+    retriever-forge run                         # the offline demo, end to end
+    retriever-forge run --dataset cacm -c configs/cacm.yaml
+    retriever-forge trace benchmark_scores cacm
+    retriever-forge trace 3f9a1c --json
+    retriever-forge verify
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from retriever_forge.datasets import PROJECT_ROOT
+
+
+def _dagster_home() -> Path:
+    """A durable local instance (SQLite run/event storage) unless DAGSTER_HOME says otherwise."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    cfg = home / "dagster.yaml"
+    if not cfg.exists():
+        cfg.write_text("telemetry:\n  enabled: false\n")
+    return home
+
+
+def _store():
+    from retriever_forge.artifacts import ArtifactStore
+    from retriever_forge.resources import DEFAULT_HOME
+
+    return ArtifactStore(DEFAULT_HOME)
+
+
+def cmd_run(args) -> int:
+    import yaml
+
+    _dagster_home()
+    import dagster as dg
+
+    from retriever_forge.definitions import defs
+
+    run_config = {}
+    if args.config:
+        run_config = yaml.safe_load(Path(args.config).read_text()) or {}
+    job = defs.resolve_job_def(args.job)
+    if args.dataset not in job.partitions_def.get_partition_keys():
+        print(f"unknown dataset {args.dataset!r}; datasets file lists: {job.partitions_def.get_partition_keys()}", file=sys.stderr)
+        return 2
+    result = job.execute_in_process(
+        partition_key=args.dataset, run_config=run_config, instance=dg.DagsterInstance.get(), raise_on_error=False
+    )
+    if not result.success:
+        print(f"run {result.run_id} failed; see the Dagster UI or the log above", file=sys.stderr)
+        return 1
+    from retriever_forge.resources import ArtifactStoreResource
+
+    board = ArtifactStoreResource().scoreboard_dir() / f"{args.dataset}.md"
+    if board.exists():
+        print("\n" + board.read_text())
+        print(f"Scoreboard: {board}")
+    print(f"Run {result.run_id} succeeded. Artifacts: {_store().root}")
+    return 0
+
+
+def _resolve_target(store, target: list[str]) -> str:
+    from retriever_forge.artifacts import ArtifactRef
+    from retriever_forge.resources import DEFAULT_HOME
+
+    if len(target) <= 2 and not all(c in "0123456789abcdef" for c in target[0]):
+        asset, partition = target[0], (target[1] if len(target) > 1 else "demo")
+        ref_file = Path(DEFAULT_HOME) / "refs" / asset / f"{partition}.json"
+        if not ref_file.exists():
+            raise KeyError(f"no materialization of {asset!r} for partition {partition!r} ({ref_file})")
+        return ArtifactRef.from_json(ref_file.read_text()).hash
+    return target[0]
+
+
+def cmd_trace(args) -> int:
+    from retriever_forge.provenance import trace, trace_markdown
+
+    store = _store()
+    try:
+        tree = trace(store, _resolve_target(store, args.target))
+    except KeyError as e:
+        print(f"trace: {e.args[0]}", file=sys.stderr)
+        return 2
+    print(json.dumps(tree, indent=1, default=str) if args.json else trace_markdown(tree))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from retriever_forge.provenance import verify
+
+    results = verify(_store())
+    bad = [r for r in results if not r["ok"]]
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in bad:
+            print(f"MISMATCH {r['asset']} {r['hash'][:16]} -> {str(r['actual'])[:16]} at {r['path']}")
+        print(f"{len(results) - len(bad)} artifacts ok, {len(bad)} corrupted or missing")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="retriever-forge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="materialize the graph for one dataset")
+    run.add_argument("--dataset", default="demo", help="a dataset name from datasets.yaml (default: demo)")
+    run.add_argument("-c", "--config", help="Dagster run config YAML (ops: {asset: {config: {...}}})")
+    run.add_argument("--job", default="adapt_retriever", help="job name (default: the whole graph)")
+    run.set_defaults(func=cmd_run)
+    tr = sub.add_parser("trace", help="print an artifact's upstream lineage")
+    tr.add_argument("target", nargs="+", help="artifact hash (prefix), or asset key [partition]")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=cmd_trace)
+    ve = sub.add_parser("verify", help="re-hash stored artifacts and report mismatches")
+    ve.add_argument("--json", action="store_true")
+    ve.set_defaults(func=cmd_verify)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

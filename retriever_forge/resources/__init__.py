@@ -1,0 +1,132 @@
+"""Dagster resources: the artifact store, the LLM and the encoder.
+
+Each is a ``ConfigurableResource`` whose fields a user sets in ``definitions.py``, through
+environment variables, or per run in the Launchpad. They are thin: the work is done by the
+plain domain modules they construct.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from retriever_forge.artifacts import ArtifactRef, ArtifactStore
+from retriever_forge.datasets import PROJECT_ROOT
+
+DEFAULT_HOME = os.environ.get("RETRIEVER_FORGE_HOME", str(PROJECT_ROOT / ".forge"))
+
+
+class ArtifactStoreResource(dg.ConfigurableResource):
+    """Where artifacts live: a local folder (default) or an fsspec URL such as ``s3://bucket/forge``."""
+
+    root: str = Field(default=DEFAULT_HOME, description="Local folder or fsspec URL of the artifact store.")
+    work_dir: str = Field(
+        default=str(Path(DEFAULT_HOME) / "work"),
+        description="Local scratch folder (training checkpoints, caches); must be on a local disk.",
+    )
+
+    def get_store(self) -> ArtifactStore:
+        return ArtifactStore(self.root, cache_dir=Path(self.work_dir) / "artifact-cache")
+
+    def scoreboard_dir(self) -> Path:
+        """Latest scoreboard per dataset, as plain files a person can open (beside the work dir)."""
+        path = Path(self.work_dir).resolve().parent / "scoreboards"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def scratch(self, *parts: str) -> Path:
+        path = Path(self.work_dir).joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class LLMResource(dg.ConfigurableResource):
+    """The generator and judge LLM, behind one interface with interchangeable backends.
+
+    ``backend``: ``transformers`` (local, CPU or GPU; loads GGUF), ``vllm`` (in-process vLLM),
+    or ``openai`` (any OpenAI-compatible server, e.g. ``vllm serve``). Every generation is
+    cached durably, keyed by model hash, prompt, sampling params and seed.
+    """
+
+    backend: str = Field(default="transformers", description="transformers | vllm | openai")
+    model: str = Field(default="", description="Model id/path; empty: the bundled SmolLM2-135M-Instruct GGUF.")
+    gguf_file: str | None = Field(default=None, description="GGUF file name inside `model` (transformers).")
+    device: str | None = Field(default=None, description="cpu / cuda; default: cuda when available.")
+    batch_size: int = Field(default=16, description="Prompts per forward pass / per request wave.")
+    base_url: str | None = Field(default=None, description="openai backend: server URL, e.g. http://localhost:8000/v1")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="Name of the env var holding the API key (never the key).")
+    max_concurrency: int = Field(default=8, description="openai backend: concurrent requests.")
+    tensor_parallel_size: int = Field(default=1, description="vllm backend: GPUs per model.")
+    cache_path: str | None = Field(default=None, description="Generation cache (SQLite); default under the artifact store's work dir.")
+
+    def build(self, default_cache_dir: Path, chat: bool = True):
+        """The configured backend wrapped in the durable generation cache.
+
+        ``chat=False`` gives the same model without its chat template, for completion-format
+        prompts (the bundled InPars query templates).
+        """
+        from retriever_forge.llm import build_llm
+
+        if self.backend == "transformers":
+            kwargs = {"model": self.model, "gguf_file": self.gguf_file, "device": self.device,
+                      "batch_size": self.batch_size, "chat_template": chat}  # fmt: skip
+        elif self.backend == "openai":
+            if not self.base_url:
+                raise ValueError("LLMResource: backend 'openai' needs base_url (e.g. http://localhost:8000/v1)")
+            kwargs = {"base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env,
+                      "max_concurrency": self.max_concurrency, "chat": chat}  # fmt: skip
+        elif self.backend == "vllm":
+            kwargs = {"model": self.model, "gguf_file": self.gguf_file, "tensor_parallel_size": self.tensor_parallel_size,
+                      "chat_template": chat}  # fmt: skip
+        else:
+            raise ValueError(f"LLMResource: unknown backend {self.backend!r} (transformers, vllm, openai)")
+        cache = Path(self.cache_path) if self.cache_path else default_cache_dir / "generations.sqlite"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        return build_llm(
+            self.backend, cache_path=cache, cache_batch_size=self.batch_size, **{k: v for k, v in kwargs.items() if v is not None}
+        )
+
+
+class EncoderResource(dg.ConfigurableResource):
+    """The base dense encoder: a sentence-transformers model id or local folder."""
+
+    model: str = Field(default="all-MiniLM-L6-v2", description="HF id or local folder of the base encoder.")
+    device: str | None = Field(default=None, description="cpu / cuda; default: cuda when available.")
+    batch_size: int = Field(default=64, description="Texts per encoding batch.")
+    max_seq_length: int = Field(default=256, description="Tokens per text.")
+
+    def load(self, name_or_path: str | None = None):
+        from retriever_forge.encoding import load_encoder
+
+        return load_encoder(name_or_path or self.model, device=self.device, max_seq_length=self.max_seq_length)
+
+
+class ArtifactRefIOManager(dg.ConfigurableIOManager):
+    """Persists each asset's :class:`ArtifactRef` (a small JSON pointer), not the data.
+
+    The data itself is already in the write-once artifact store; the pointer file per
+    (asset, partition) is the only thing that is replaced on re-materialisation.
+    """
+
+    root: str = Field(default=DEFAULT_HOME)
+
+    def _path(self, context) -> Path:
+        key = "/".join(context.asset_key.path)
+        partition = context.partition_key if context.has_partition_key else "__all__"
+        return Path(self.root) / "refs" / key / f"{partition}.json"
+
+    def handle_output(self, context: dg.OutputContext, obj: ArtifactRef) -> None:
+        path = self._path(context)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(obj.to_json())
+        tmp.replace(path)
+
+    def load_input(self, context: dg.InputContext) -> ArtifactRef:
+        path = self._path(context.upstream_output)
+        if not path.exists():
+            raise FileNotFoundError(f"{'/'.join(context.asset_key.path)}: not materialised yet for this partition ({path})")
+        return ArtifactRef.from_json(path.read_text())

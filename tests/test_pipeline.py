@@ -1,0 +1,113 @@
+"""The whole graph, materialized in-process on the offline demo with real models, kept tiny."""
+
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from retriever_forge.artifacts import ArtifactRef, ArtifactStore
+from retriever_forge.assets import ALL_ASSETS
+from retriever_forge.provenance import trace, verify
+from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, EncoderResource, LLMResource
+
+TINY_RUN = {
+    "ops": {
+        "synthetic_queries": {"config": {"documents_to_sample": 24, "round_trip_k": 50, "synthetic_test_fraction": 0.25}},
+        "relevance_judgments": {"config": {"candidates_per_query": 2}},
+        "hard_negatives": {"config": {"rank_start": 3, "rank_end": 30, "negatives_per_query": 2}},
+        "fine_tuned_encoder": {"config": {"epochs": 1, "batch_size": 4}},
+    }
+}
+
+
+def _resources(home):
+    return {
+        "artifact_store": ArtifactStoreResource(root=str(home), work_dir=str(home / "work")),
+        "artifact_io": ArtifactRefIOManager(root=str(home)),
+        "llm": LLMResource(batch_size=8),
+        "encoder": EncoderResource(batch_size=32),
+    }
+
+
+def _materialize(home, instance, run_config=TINY_RUN):
+    return dg.materialize(ALL_ASSETS, partition_key="demo", resources=_resources(home), run_config=run_config, instance=instance)
+
+
+def _ref(home, asset):
+    return ArtifactRef.from_json((home / "refs" / asset / "demo.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("forge")
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize(home, instance)
+    return home, instance, result
+
+
+@pytest.mark.slow
+def test_full_graph_materializes_with_scores(first_run):
+    home, _, result = first_run
+    assert result.success
+    store = ArtifactStore(home)
+    scores = store.read_table(_ref(home, "benchmark_scores"))
+    assert set(scores["system"]) == {"bm25", "base", "fine-tuned"}
+    board = json.loads((home / "scoreboards" / "demo.json").read_text())
+    assert all(r["judgments"] == "synthetic" for r in board["systems"])
+    md = result.asset_materializations_for_node("benchmark_scores")[0].metadata["scoreboard"].value
+    assert "SYNTHETIC" in md and "fine-tuned" in md
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["corpus_schema"] and checks["enough_queries"] and checks["examples_valid"]
+
+
+@pytest.mark.slow
+def test_trace_of_scores_reaches_the_corpus_with_matching_hashes(first_run):
+    home, _, _ = first_run
+    store = ArtifactStore(home)
+    tree = trace(store, _ref(home, "benchmark_scores").hash)
+    seen, stack = set(), [tree]
+    while stack:
+        node = stack.pop()
+        if node.get("see_above"):
+            continue
+        assert node["hash_matches_disk"], node["asset"]
+        seen.add(node["asset"])
+        stack.extend(node["upstream"])
+    assert {"corpus", "synthetic_queries", "relevance_judgments", "hard_negatives", "training_examples",
+            "fine_tuned_encoder", "corpus_index", "benchmark_scores"} <= seen  # fmt: skip
+    model_manifest = store.read_manifest(_ref(home, "fine_tuned_encoder"))
+    assert model_manifest["upstream"]["training_examples"]["hash"] == _ref(home, "training_examples").hash
+    assert all(r["ok"] for r in verify(store))
+
+
+@pytest.mark.slow
+def test_rematerializing_unchanged_writes_nothing_new_and_calls_no_llm(first_run):
+    home, instance, _ = first_run
+    before = sorted(p for p in (home / "artifacts").rglob("*") if p.is_file())
+    result = _materialize(home, instance)
+    assert result.success
+    after = sorted(p for p in (home / "artifacts").rglob("*") if p.is_file())
+    assert before == after
+    for node in ("synthetic_queries", "relevance_judgments"):
+        stats = result.asset_materializations_for_node(node)[0].metadata["llm_stats"].value
+        assert stats["misses"] == 0 and stats["hits"] > 0
+
+
+@pytest.mark.slow
+def test_fine_tuned_model_loads_with_sentence_transformers(first_run):
+    from sentence_transformers import SentenceTransformer
+
+    home, _, _ = first_run
+    folder = ArtifactStore(home).local_path(_ref(home, "fine_tuned_encoder"))
+    assert list(folder.glob("*.safetensors")) and not list(folder.rglob("*.bin"))
+    model = SentenceTransformer(str(folder), device="cpu")
+    assert model.encode(["hello"]).shape == (1, 384)
+
+
+@pytest.mark.slow
+def test_queries_table_keeps_row_level_lineage(first_run):
+    home, _, _ = first_run
+    q = ArtifactStore(home).read_table(_ref(home, "synthetic_queries"))
+    assert q.filter(pl.col("dropped_by").is_null()).height > 0
+    assert q["model_hash"].str.len_chars().min() == 64 and q["template_hash"].str.len_chars().min() == 64
