@@ -38,7 +38,7 @@ class JudgingConfig:
     template: str = "judge/umbrela_v1"
     candidates_per_query: int = 8  # candidate pairs judged per query
     candidate_rank_start: int = 1  # 1-based rank of the first candidate judged
-    max_passage_words: int = 180
+    max_passage_words: int = 120
 
 
 def grade_from_logprobs(logprobs: list[float]) -> tuple[int, float, list[float]]:

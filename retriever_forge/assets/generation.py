@@ -101,8 +101,8 @@ def synthetic_queries(
         seed=values["seed"],
     )
     with timed() as t:
-        generator = llm.build(artifact_store.scratch("llm-cache"), chat=True)
-        completer = llm.build(artifact_store.scratch("llm-cache"), chat=False)
+        generator = llm.build(artifact_store.scratch("llm-cache"), chat=True, progress=log_progress(context))
+        completer = llm.build(artifact_store.scratch("llm-cache"), chat=False, progress=log_progress(context))
         queries = generate_synthetic_queries(corpus_df, generator, qg, progress=log_progress(context), completion_llm=completer)
         if qg.round_trip_k:
             enc = encoder.load()
@@ -200,7 +200,7 @@ def relevance_judgments(
         corpus_emb = _corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
         query_emb = encode_cached(enc, queries["text"].to_list(), None, batch_size=encoder.batch_size)
         pairs = judgment_pairs(queries, corpus_df, corpus_emb, query_emb, cfg)
-        judge = llm.build(artifact_store.scratch("llm-cache"))
+        judge = llm.build(artifact_store.scratch("llm-cache"), chat=True, progress=log_progress(context))
         judgments = judge_pairs(pairs, judge, cfg, progress=log_progress(context))
         ref = store.put_table(judgments, "relevance_judgments")
     summary = judgment_summary(judgments)

@@ -55,7 +55,11 @@ class FineTuneConfig(dg.Config):
     batch_size: int = _TRAINING_DEFAULTS.batch_size
     temperature: float = _TRAINING_DEFAULTS.temperature
     loss: str = Field(default=_TRAINING_DEFAULTS.loss, description="infonce | graded | infonce+graded")
+    graded_weight: float = Field(default=_TRAINING_DEFAULTS.graded_weight, description="Weight of the graded list-wise loss.")
+    negatives_per_example: int = _TRAINING_DEFAULTS.negatives_per_example
+    max_seq_length: int = _TRAINING_DEFAULTS.max_seq_length
     topic_batches: bool = Field(default=_TRAINING_DEFAULTS.topic_batches, description="TAS-Balanced topic-aware batches.")
+    early_stopping_patience: int = Field(default=_TRAINING_DEFAULTS.early_stopping_patience, description="Dev evaluations without gain before stopping (0: off).")
     seed: int = _TRAINING_DEFAULTS.seed
 
 

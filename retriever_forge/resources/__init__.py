@@ -62,7 +62,7 @@ class LLMResource(dg.ConfigurableResource):
     tensor_parallel_size: int = Field(default=1, description="vllm backend: GPUs per model.")
     cache_path: str | None = Field(default=None, description="Generation cache (SQLite); default under the artifact store's work dir.")
 
-    def build(self, default_cache_dir: Path, chat: bool = True):
+    def build(self, default_cache_dir: Path, chat: bool = True, progress=None):
         """The configured backend wrapped in the durable generation cache.
 
         ``chat=False`` gives the same model without its chat template, for completion-format
@@ -86,7 +86,8 @@ class LLMResource(dg.ConfigurableResource):
         cache = Path(self.cache_path) if self.cache_path else default_cache_dir / "generations.sqlite"
         cache.parent.mkdir(parents=True, exist_ok=True)
         return build_llm(
-            self.backend, cache_path=cache, cache_batch_size=self.batch_size, **{k: v for k, v in kwargs.items() if v is not None}
+            self.backend, cache_path=cache, cache_batch_size=self.batch_size, progress=progress,
+            **{k: v for k, v in kwargs.items() if v is not None},
         )
 
 
