@@ -1,0 +1,556 @@
+"""Candidate retrieval and hard-negative mining with switchable false-negative filters.
+
+Every candidate a query was offered is kept as a row of ``HARD_NEGATIVE_CANDIDATES`` with the
+reason it was dropped (``dropped_by``), so a training example can be traced back to the rank,
+score and filter decisions that produced it.
+
+Filters, applied in this order (the first that fires names the row):
+
+* ``positive`` - the query's own positive passage;
+* ``window`` - a dense candidate ranked above ``rank_start`` (too likely to be relevant);
+* ``margin`` - NV-Retriever's positive-aware filters (Moreira et al. 2024): TopK-PercPos drops a
+  candidate scoring above ``relative_margin * positive_score``, TopK-MarginPos one scoring above
+  ``positive_score - absolute_margin``;
+* ``judge`` - an LLM judge's expected grade at or above ``judge_threshold``;
+* ``guide`` - GISTEmbed (Solatorio 2024): a guide encoder finds the candidate more similar to the
+  query than the positive is;
+* ``surplus`` - kept, but beyond ``negatives_per_query``.
+
+Example:
+    >>> import numpy as np
+    >>> corpus = np.eye(4, dtype=np.float32)
+    >>> queries = np.array([[0.9, 0.5, 0.3, 0.1]], dtype=np.float32)
+    >>> cfg = MiningConfig(rank_start=1, rank_end=4, negatives_per_query=1, relative_margin=None,
+    ...                    judge_threshold=None)
+    >>> df = mine_hard_negatives(queries, corpus, ["q1"], ["d0"], ["d0", "d1", "d2", "d3"], cfg)
+    >>> df.select("doc_id", "rank", "dropped_by").rows()
+    [('d0', 1, 'positive'), ('d1', 2, None), ('d2', 3, 'surplus'), ('d3', 4, 'surplus')]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from retriever_forge.schemas import HARD_NEGATIVE_CANDIDATES, TRAINING_EXAMPLES, conform
+
+log = logging.getLogger(__name__)
+
+IndexType = Literal["auto", "flat", "hnsw", "ivf"]
+
+# A BM25 searcher: given query texts and k, the doc ids of each query's top-k, best first.
+BM25Search = Callable[[list[str], int], list[list[str]]]
+
+
+@dataclass
+class MiningConfig:
+    """How hard negatives are mined and filtered.
+
+    ``rank_start``/``rank_end`` is the 1-based inclusive window of dense ranks from which
+    negatives are taken; each filter is switched off by setting it to ``None`` (or ``False``).
+    """
+
+    rank_start: int = 10
+    rank_end: int = 100
+    negatives_per_query: int = 7
+    relative_margin: float | None = 0.95  # TopK-PercPos
+    absolute_margin: float | None = None  # TopK-MarginPos
+    judge_threshold: float | None = 2.0
+    use_guide: bool = False
+    bm25_candidates: int = 0
+    exact_search_max_docs: int = 200_000
+    index_type: IndexType = "auto"
+    query_chunk_size: int = 1024  # queries searched and filtered at a time (bounds memory)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rank_start <= self.rank_end:
+            raise ValueError(f"need 1 <= rank_start <= rank_end, got {self.rank_start}..{self.rank_end}")
+        if self.negatives_per_query < 0 or self.bm25_candidates < 0:
+            raise ValueError("negatives_per_query and bm25_candidates must be >= 0")
+        if self.index_type not in ("auto", "flat", "hnsw", "ivf"):
+            raise ValueError(f"unknown index_type {self.index_type!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Passage text: one convention for every stage.
+
+
+def passage_text(title: str | None, text: str | None) -> str:
+    """The text a passage is encoded and judged as: ``"title: text"``.
+
+    Either part alone when the other is empty.
+
+    >>> passage_text("Secant Method", "A procedure for ...")
+    'Secant Method: A procedure for ...'
+    >>> passage_text("", "only text"), passage_text("Only Title", "")
+    ('only text', 'Only Title')
+    """
+    title = (title or "").strip()
+    text = (text or "").strip()
+    if title and text:
+        return f"{title}: {text}"
+    return title or text
+
+
+def passage_text_expr(title: str = "title", text: str = "text") -> pl.Expr:
+    """:func:`passage_text` as a polars expression (same result, vectorised)."""
+    t = pl.col(title).fill_null("").str.strip_chars()
+    x = pl.col(text).fill_null("").str.strip_chars()
+    return pl.when((t != "") & (x != "")).then(pl.concat_str([t, pl.lit(": "), x])).when(t != "").then(t).otherwise(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Dense search.
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def resolve_index_type(n_docs: int, index_type: IndexType = "auto", exact_search_max_docs: int = 200_000) -> str:
+    """``auto`` means exact search up to ``exact_search_max_docs``, then HNSW (CPU) or IVF (GPU,
+    where faiss has no HNSW)."""
+    if index_type != "auto":
+        return index_type
+    if n_docs <= exact_search_max_docs:
+        return "flat"
+    import faiss
+
+    return "ivf" if faiss.get_num_gpus() > 0 else "hnsw"
+
+
+def build_faiss_index(
+    embeddings: np.ndarray,
+    index_type: IndexType = "flat",
+    *,
+    hnsw_m: int = 32,
+    hnsw_ef_construction: int = 200,
+    hnsw_ef_search: int = 256,
+    ivf_nlist: int | None = None,
+    ivf_nprobe: int = 32,
+    exact_search_max_docs: int = 200_000,
+    use_gpu: bool | None = None,
+    seed: int = 0,
+):
+    """An inner-product faiss index over (L2-normalised) ``embeddings``.
+
+    ``flat`` is exact (IndexFlatIP); ``hnsw`` is IndexHNSWFlat with METRIC_INNER_PRODUCT (CPU
+    only); ``ivf`` is IndexIVFFlat with an inner-product coarse quantiser, trained on a seeded
+    sample. With a GPU visible to faiss (``faiss.get_num_gpus() > 0``) flat and IVF indexes are
+    moved onto it.
+
+    >>> idx = build_faiss_index(np.eye(3, dtype=np.float32), "flat")
+    >>> search(idx, np.array([[0.0, 1.0, 0.0]], dtype=np.float32), 2)[1].tolist()
+    [[1, 0]]
+    """
+    import faiss
+
+    x = _as_f32(embeddings)
+    n, dim = x.shape
+    kind = resolve_index_type(n, index_type, exact_search_max_docs)
+    gpu = faiss.get_num_gpus() > 0 if use_gpu is None else use_gpu
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = hnsw_ef_construction
+        index.hnsw.efSearch = hnsw_ef_search
+        gpu = False  # faiss has no GPU HNSW
+    elif kind == "ivf":
+        nlist = ivf_nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))  # faiss wants >= 39 pts/list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        rng = np.random.default_rng(seed)
+        sample = x if n <= nlist * 256 else x[rng.choice(n, nlist * 256, replace=False)]
+        index.train(sample)
+        index.nprobe = min(ivf_nprobe, nlist)
+    else:
+        raise ValueError(f"unknown index_type {index_type!r}")
+    if gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(x)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, row ids) per query; ids are -1 where fewer than ``k`` exist."""
+    k = max(0, min(k, index.ntotal))
+    if k == 0 or len(queries) == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    hnsw = getattr(index, "hnsw", None)
+    if hnsw is not None and hnsw.efSearch < k:
+        hnsw.efSearch = k  # HNSW cannot return more results than its beam holds
+    scores, ids = index.search(_as_f32(queries), k)
+    return scores, ids
+
+
+def retrieve_candidates(
+    query_emb: np.ndarray,
+    corpus_emb: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    k: int,
+    *,
+    index=None,
+    index_type: IndexType = "auto",
+    exact_search_max_docs: int = 200_000,
+    query_chunk_size: int = 4096,
+) -> pl.DataFrame:
+    """Each query's top-``k`` passages: ``query_id, doc_id, rank (1-based), score``.
+
+    >>> retrieve_candidates(np.array([[1.0, 0.0]], np.float32), np.eye(2, dtype=np.float32),
+    ...                     ["q"], ["a", "b"], k=2).rows()
+    [('q', 'a', 1, 1.0), ('q', 'b', 2, 0.0)]
+    """
+    _check_shapes(query_emb, corpus_emb, query_ids, doc_ids)
+    if index is None:
+        index = build_faiss_index(corpus_emb, index_type, exact_search_max_docs=exact_search_max_docs)
+    qids = np.asarray(query_ids, dtype=object)
+    dids = np.asarray(doc_ids, dtype=object)
+    frames = []
+    for start in range(0, len(qids), query_chunk_size):
+        scores, ids = search(index, query_emb[start : start + query_chunk_size], k)
+        q_pos, d_pos, rank, score = _flatten_hits(scores, ids, start)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "query_id": pl.Series(qids[q_pos], dtype=pl.String),
+                    "doc_id": pl.Series(dids[d_pos], dtype=pl.String),
+                    "rank": pl.Series(rank, dtype=pl.Int64),
+                    "score": pl.Series(score, dtype=pl.Float64),
+                }
+            )
+        )
+    if not frames:
+        return pl.DataFrame(schema={"query_id": pl.String, "doc_id": pl.String, "rank": pl.Int64, "score": pl.Float64})
+    return pl.concat(frames)
+
+
+def _flatten_hits(scores: np.ndarray, ids: np.ndarray, offset: int):
+    """(query row, doc row, 1-based rank, score) arrays from faiss results, skipping -1 ids."""
+    n, k = ids.shape
+    q_pos = np.repeat(np.arange(offset, offset + n), k)
+    rank = np.tile(np.arange(1, k + 1), n)
+    d_pos = ids.ravel()
+    valid = d_pos >= 0
+    return q_pos[valid], d_pos[valid], rank[valid], scores.ravel()[valid].astype(np.float64)
+
+
+def _check_shapes(query_emb, corpus_emb, query_ids, doc_ids) -> None:
+    if len(query_emb) != len(query_ids):
+        raise ValueError(f"{len(query_emb)} query embeddings but {len(query_ids)} query ids")
+    if len(corpus_emb) != len(doc_ids):
+        raise ValueError(f"{len(corpus_emb)} corpus embeddings but {len(doc_ids)} doc ids")
+    if len(query_emb) and len(corpus_emb) and query_emb.shape[1] != corpus_emb.shape[1]:
+        raise ValueError(f"query dim {query_emb.shape[1]} != corpus dim {corpus_emb.shape[1]}")
+
+
+def _rowwise_dot(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.ndarray, block: int = 65536) -> np.ndarray:
+    """``sum(a[a_rows] * b[b_rows], axis=1)`` in blocks, so gathered rows never fill memory."""
+    out = np.empty(len(a_rows), dtype=np.float64)
+    for s in range(0, len(a_rows), block):
+        e = s + block
+        out[s:e] = np.einsum("ij,ij->i", a[a_rows[s:e]], b[b_rows[s:e]], dtype=np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# BM25 candidates.
+
+
+class BM25Index:
+    """A bm25s index over passages; calling it returns each query's top-k doc ids.
+
+    >>> bm = BM25Index(["a", "b"], ["binary search trees", "matrix inversion methods"])
+    >>> bm(["inverting a matrix"], 1)
+    [['b']]
+    """
+
+    def __init__(self, doc_ids: Sequence[str], texts: Sequence[str], stopwords: str = "english"):
+        import bm25s
+
+        self.doc_ids = list(doc_ids)
+        self.stopwords = stopwords
+        self.retriever = bm25s.BM25()
+        self.retriever.index(bm25s.tokenize(list(texts), stopwords=stopwords, show_progress=False), show_progress=False)
+
+    def __call__(self, query_texts: list[str], k: int) -> list[list[str]]:
+        import bm25s
+
+        k = min(k, len(self.doc_ids))
+        if not query_texts or k == 0:
+            return [[] for _ in query_texts]
+        tokens = bm25s.tokenize(list(query_texts), stopwords=self.stopwords, return_ids=False, show_progress=False)
+        tokens = [t or ["[empty]"] for t in tokens]  # bm25s rejects empty queries
+        ids, scores = self.retriever.retrieve(tokens, k=k, show_progress=False)
+        # Passages sharing no term with the query score 0: they are not BM25 candidates.
+        return [[self.doc_ids[j] for j, s in zip(row, srow, strict=True) if s > 0] for row, srow in zip(ids, scores, strict=True)]
+
+
+# --------------------------------------------------------------------------------------------
+# Hard-negative mining.
+
+
+def mine_hard_negatives(
+    query_emb: np.ndarray,
+    corpus_emb: np.ndarray,
+    query_ids: Sequence[str],
+    positive_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    config: MiningConfig | None = None,
+    judgments: pl.DataFrame | None = None,
+    guide: tuple[np.ndarray, np.ndarray] | None = None,
+    bm25: BM25Search | tuple[Sequence[str], Sequence[str]] | None = None,
+    query_texts: Sequence[str] | None = None,
+    index=None,
+) -> pl.DataFrame:
+    """Mine and filter hard negatives; one ``HARD_NEGATIVE_CANDIDATES`` row per candidate.
+
+    Args:
+        query_emb, corpus_emb: L2-normalised float32 embeddings from the mining encoder, rows
+            aligned with ``query_ids`` / ``doc_ids``.
+        positive_ids: each query's positive (its source passage); must be in ``doc_ids``.
+        judgments: optional ``query_id, doc_id, expected_grade`` (an LLM judge's grades).
+        guide: optional ``(guide_query_emb, guide_corpus_emb)`` from a second encoder, rows
+            aligned like the mining embeddings; required when ``config.use_guide``.
+        bm25: for ``config.bm25_candidates`` extra lexical candidates per query: a searcher
+            (e.g. :class:`BM25Index`) used with ``query_texts``, or a ``(corpus_texts,
+            query_texts)`` pair (texts aligned with ``doc_ids`` / ``query_ids``) from which a
+            :class:`BM25Index` is built.
+        index: a prebuilt faiss index over ``corpus_emb`` (otherwise one is built).
+
+    Rows are grouped by query (in input order) and, within a query, in selection order: dense
+    candidates by rank, interleaved position by position with the BM25 candidates when there
+    are any. The kept rows (``dropped_by`` null) in that order are the negatives.
+    """
+    cfg = config or MiningConfig()
+    _check_shapes(query_emb, corpus_emb, query_ids, doc_ids)
+    if isinstance(bm25, tuple | list):
+        corpus_texts, query_texts = bm25
+        if len(corpus_texts) != len(doc_ids) or len(query_texts) != len(query_ids):
+            raise ValueError("bm25 (corpus_texts, query_texts) must be aligned with doc_ids and query_ids")
+        bm25 = BM25Index(doc_ids, corpus_texts) if cfg.bm25_candidates else None
+    if len(positive_ids) != len(query_ids):
+        raise ValueError(f"{len(positive_ids)} positive ids for {len(query_ids)} queries")
+    if cfg.use_guide and guide is None:
+        raise ValueError("MiningConfig.use_guide is set but no guide embeddings were given")
+    if cfg.bm25_candidates and (bm25 is None or query_texts is None):
+        raise ValueError("MiningConfig.bm25_candidates > 0 needs a bm25 searcher and query_texts")
+    if guide is not None and cfg.use_guide:
+        g_q, g_c = _as_f32(guide[0]), _as_f32(guide[1])
+        if len(g_q) != len(query_ids) or len(g_c) != len(doc_ids):
+            raise ValueError("guide embeddings must be aligned with query_ids and doc_ids")
+    query_emb, corpus_emb = _as_f32(query_emb), _as_f32(corpus_emb)
+
+    row_of_doc = {d: i for i, d in enumerate(doc_ids)}
+    missing = [p for p in positive_ids if p not in row_of_doc]
+    if missing:
+        raise ValueError(f"{len(missing)} positive ids are not in doc_ids, e.g. {missing[:3]}")
+    pos_rows = np.fromiter((row_of_doc[p] for p in positive_ids), dtype=np.int64, count=len(positive_ids))
+    q_all = np.arange(len(query_ids))
+    positive_score = _rowwise_dot(query_emb, q_all, corpus_emb, pos_rows)
+    guide_positive = _rowwise_dot(g_q, q_all, g_c, pos_rows) if cfg.use_guide else None
+
+    if index is None and len(doc_ids):
+        kind = resolve_index_type(len(doc_ids), cfg.index_type, cfg.exact_search_max_docs)
+        index = build_faiss_index(corpus_emb, kind, seed=cfg.seed)
+    grades = _judgment_grades(judgments)
+    qids = np.asarray(query_ids, dtype=object)
+    dids = np.asarray(doc_ids, dtype=object)
+
+    frames = []
+    for start in range(0, len(qids), cfg.query_chunk_size):
+        stop = min(start + cfg.query_chunk_size, len(qids))
+        scores, ids = search(index, query_emb[start:stop], cfg.rank_end)
+        q_pos, d_pos, rank, score = _flatten_hits(scores, ids, start)
+        source = np.zeros(len(q_pos), dtype=np.int8)  # 0 dense, 1 bm25
+        if cfg.bm25_candidates:
+            bq, bd, brank = _bm25_hits(bm25, list(query_texts[start:stop]), cfg.bm25_candidates, start, row_of_doc)
+            fresh = ~np.isin(bq * len(dids) + bd, q_pos * len(dids) + d_pos)  # dense row wins
+            bq, bd, brank = bq[fresh], bd[fresh], brank[fresh]
+            q_pos = np.concatenate([q_pos, bq])
+            d_pos = np.concatenate([d_pos, bd])
+            rank = np.concatenate([rank, brank])
+            score = np.concatenate([score, _rowwise_dot(query_emb, bq, corpus_emb, bd)])
+            source = np.concatenate([source, np.ones(len(bq), dtype=np.int8)])
+        guide_score = _rowwise_dot(g_q, q_pos, g_c, d_pos) if cfg.use_guide else None
+        frames.append(
+            _filter_chunk(cfg, qids, dids, q_pos, d_pos, rank, score, source, pos_rows, positive_score, guide_score, guide_positive, grades)
+        )
+    if not frames:
+        return pl.DataFrame(schema=HARD_NEGATIVE_CANDIDATES)
+    return pl.concat(frames)
+
+
+def _bm25_hits(bm25: BM25Search, texts: list[str], k: int, offset: int, row_of_doc: dict[str, int]):
+    q, d, r = [], [], []
+    for i, hits in enumerate(bm25(texts, k)):
+        for rank, doc in enumerate(hits[:k], start=1):
+            if doc in row_of_doc:
+                q.append(offset + i)
+                d.append(row_of_doc[doc])
+                r.append(rank)
+    return np.asarray(q, dtype=np.int64), np.asarray(d, dtype=np.int64), np.asarray(r, dtype=np.int64)
+
+
+def _judgment_grades(judgments: pl.DataFrame | None) -> pl.DataFrame | None:
+    if judgments is None or judgments.height == 0:
+        return None
+    return judgments.group_by("query_id", "doc_id").agg(judged_grade=pl.col("expected_grade").cast(pl.Float64).mean())
+
+
+def _filter_chunk(cfg, qids, dids, q_pos, d_pos, rank, score, source, pos_rows, positive_score, guide_score, guide_positive, grades):
+    """Apply the filters to one chunk of candidate rows and return them as schema rows."""
+    pos_score = positive_score[q_pos]
+    is_positive = d_pos == pos_rows[q_pos]
+    outside_window = (source == 0) & (rank < cfg.rank_start)
+    margin = np.zeros(len(q_pos), dtype=bool)
+    if cfg.relative_margin is not None:
+        margin |= score > cfg.relative_margin * pos_score
+    if cfg.absolute_margin is not None:
+        margin |= score > pos_score - cfg.absolute_margin
+    guided = np.zeros(len(q_pos), dtype=bool) if guide_score is None else guide_score > guide_positive[q_pos]
+
+    df = pl.DataFrame(
+        {
+            "_q": q_pos,
+            "query_id": pl.Series(qids[q_pos], dtype=pl.String),
+            "positive_id": pl.Series(dids[pos_rows[q_pos]], dtype=pl.String),
+            "doc_id": pl.Series(dids[d_pos], dtype=pl.String),
+            "rank": pl.Series(rank, dtype=pl.Int64),
+            "score": pl.Series(score, dtype=pl.Float64),
+            "positive_score": pl.Series(pos_score, dtype=pl.Float64),
+            "source": pl.Series(np.where(source == 0, "dense", "bm25"), dtype=pl.String),
+            "_positive": is_positive,
+            "_window": outside_window,
+            "_margin": margin,
+            "_guide": guided,
+        }
+    )
+    if grades is not None:
+        df = df.join(grades, on=["query_id", "doc_id"], how="left")
+    else:
+        df = df.with_columns(judged_grade=pl.lit(None, dtype=pl.Float64))
+    judged_relevant = (
+        pl.col("judged_grade").fill_null(-math.inf) >= cfg.judge_threshold if cfg.judge_threshold is not None else pl.lit(False)
+    )
+    reason = (
+        pl.when(pl.col("_positive"))
+        .then(pl.lit("positive"))
+        .when(pl.col("_window"))
+        .then(pl.lit("window"))
+        .when(pl.col("_margin"))
+        .then(pl.lit("margin"))
+        .when(judged_relevant)
+        .then(pl.lit("judge"))
+        .when(pl.col("_guide"))
+        .then(pl.lit("guide"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    df = (
+        df.with_columns(dropped_by=reason)
+        # Selection order: the i-th dense and the i-th BM25 candidate sit side by side.
+        .with_columns(_pos=pl.col("rank").rank("ordinal").over("_q", "source"), _src=(pl.col("source") == "bm25").cast(pl.Int8))
+        .sort("_q", "_pos", "_src")
+        .with_columns(_kept_order=pl.col("dropped_by").is_null().cast(pl.Int64).cum_sum().over("_q"))
+        .with_columns(
+            dropped_by=pl.when(pl.col("dropped_by").is_null() & (pl.col("_kept_order") > cfg.negatives_per_query))
+            .then(pl.lit("surplus"))
+            .otherwise(pl.col("dropped_by"))
+        )
+    )
+    return conform(df, HARD_NEGATIVE_CANDIDATES)
+
+
+def mining_summary(candidates: pl.DataFrame) -> dict:
+    """Counts per ``dropped_by`` reason plus kept negatives per query, for asset metadata.
+
+    >>> mining_summary(pl.DataFrame({"query_id": ["q", "q"], "dropped_by": [None, "margin"]}))
+    {'rows': 2, 'queries': 1, 'kept': 1, 'kept_per_query': 1.0, 'dropped_by': {'margin': 1}}
+    """
+    kept = candidates.filter(pl.col("dropped_by").is_null()).height
+    n_queries = candidates["query_id"].n_unique() if candidates.height else 0
+    reasons = candidates.filter(pl.col("dropped_by").is_not_null())["dropped_by"].value_counts(sort=True)
+    return {
+        "rows": candidates.height,
+        "queries": n_queries,
+        "kept": kept,
+        "kept_per_query": round(kept / n_queries, 3) if n_queries else 0.0,
+        "dropped_by": dict(reasons.rows()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Training examples.
+
+
+def build_training_examples(
+    queries: pl.DataFrame,
+    corpus: pl.DataFrame,
+    candidates: pl.DataFrame,
+    judgments: pl.DataFrame | None = None,
+    default_positive_grade: float = 3.0,
+) -> pl.DataFrame:
+    """Join queries, passages, kept negatives and grades into ``TRAINING_EXAMPLES`` rows.
+
+    Args:
+        queries: ``query_id, doc_id`` (the positive), ``text``, ``split``; rows with empty
+            text are skipped.
+        corpus: ``doc_id, title, text``.
+        candidates: :func:`mine_hard_negatives` output; its kept rows, in row order, become
+            the negatives.
+        judgments: ``query_id, doc_id, expected_grade``; grades negatives (0.0 when not
+            judged) and the positive (``default_positive_grade`` when not judged). Without it
+            the candidates' ``judged_grade`` is used.
+
+    >>> q = pl.DataFrame({"query_id": ["q"], "doc_id": ["a"], "text": ["sort"], "split": ["train"]})
+    >>> c = pl.DataFrame({"doc_id": ["a", "b"], "title": ["Sorting", ""], "text": ["fast", "slow"]})
+    >>> cand = pl.DataFrame({"query_id": ["q"], "doc_id": ["b"], "rank": [2], "score": [0.5],
+    ...                      "judged_grade": [None], "dropped_by": [None]})
+    >>> row = build_training_examples(q, c, cand).row(0, named=True)
+    >>> row["positive_text"], row["negative_texts"], row["negative_grades"], row["positive_grade"]
+    ('Sorting: fast', ['slow'], [0.0], 3.0)
+    """
+    texts = corpus.select(pl.col("doc_id").cast(pl.String), passage=passage_text_expr())
+    grades = _judgment_grades(judgments)
+
+    kept = candidates.filter(pl.col("dropped_by").is_null()).with_row_index("_order")
+    kept = kept.select("_order", "query_id", "doc_id", "rank", "score", "judged_grade")
+    if grades is not None:
+        kept = kept.drop("judged_grade").join(grades, on=["query_id", "doc_id"], how="left")
+    kept = kept.join(texts, on="doc_id", how="inner").sort("_order")
+    negatives = kept.group_by("query_id", maintain_order=True).agg(
+        negative_ids=pl.col("doc_id"),
+        negative_texts=pl.col("passage"),
+        negative_grades=pl.col("judged_grade").fill_null(0.0).cast(pl.Float64),
+        negative_ranks=pl.col("rank").cast(pl.Int64),
+        negative_scores=pl.col("score").cast(pl.Float64),
+    )
+
+    q = queries.select(
+        pl.col("query_id").cast(pl.String),
+        query=pl.col("text").cast(pl.String),
+        positive_id=pl.col("doc_id").cast(pl.String),
+        split=pl.col("split").cast(pl.String) if "split" in queries.columns else pl.lit("train"),
+    ).filter(pl.col("query").is_not_null() & (pl.col("query").str.strip_chars() != ""))
+    n_before = q.height
+    q = q.join(texts.rename({"doc_id": "positive_id", "passage": "positive_text"}), on="positive_id", how="inner")
+    if q.height < n_before:
+        log.warning("skipped %d queries whose positive is not in the corpus", n_before - q.height)
+    if grades is not None:
+        pos = grades.rename({"doc_id": "positive_id", "judged_grade": "positive_grade"})
+        q = q.join(pos, on=["query_id", "positive_id"], how="left")
+    else:
+        q = q.with_columns(positive_grade=pl.lit(None, dtype=pl.Float64))
+    q = q.with_columns(pl.col("positive_grade").fill_null(default_positive_grade))
+    out = q.join(negatives, on="query_id", how="left").with_columns(
+        [pl.col(c).fill_null(pl.lit([], dtype=TRAINING_EXAMPLES[c])) for c in negatives.columns if c != "query_id"]
+    )
+    return conform(out, TRAINING_EXAMPLES)

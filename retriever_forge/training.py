@@ -1,0 +1,567 @@
+"""Fine-tuning a sentence-transformers encoder on mined training examples.
+
+A small, explicit PyTorch loop rather than sentence-transformers' trainer, because the graded
+list-wise loss needs per-example lists with grades and TAS needs its own batch order:
+
+* AdamW (no decay on biases and LayerNorm) with transformers' linear warmup/decay schedule,
+  gradient clipping, bf16 autocast on CUDA;
+* losses from :mod:`retriever_forge.losses` (``infonce``, ``graded`` or their sum);
+* batches from :mod:`retriever_forge.batching`, fixed by ``(seed, epoch)``, with no two
+  queries of a batch sharing a positive;
+* dev evaluation (MRR@10 of each dev query's positive within the pool of all dev passages)
+  every ``eval_every_steps`` and at the start, keeping the best weights; early stopping;
+* checkpoints under ``output_dir/checkpoints/step-N``: weights as safetensors, optimizer,
+  scheduler and RNG state as tensor-only ``torch.save`` files (loaded with
+  ``weights_only=True``), loop state as JSON. ``resume=True`` continues from the latest one
+  and ends with the same weights as an uninterrupted run;
+* a non-finite loss raises :class:`TrainingDiverged`, leaving the last good checkpoint.
+
+Example:
+    >>> from retriever_forge.training import TrainingConfig, train_encoder   # doctest: +SKIP
+    >>> result = train_encoder("all-MiniLM-L6-v2", examples, Path("out"),    # doctest: +SKIP
+    ...                        TrainingConfig(epochs=1, loss="infonce"))
+    >>> SentenceTransformer(str(result.model_dir))                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from retriever_forge import losses
+from retriever_forge.batching import TopicBatcher, no_duplicate_positives, shuffled_batches
+from retriever_forge.encoding import model_folder_hash, resolve_model_path
+from retriever_forge.hashing import hash_bytes, hash_json
+
+log = logging.getLogger(__name__)
+
+LossName = Literal["infonce", "graded", "infonce+graded"]
+WEIGHTS_FILE = "weights.safetensors"
+STATE_FILE = "state.json"
+
+
+@dataclass
+class TrainingConfig:
+    """Hyper-parameters of :func:`train_encoder`.
+
+    ``eval_every_steps``/``checkpoint_every_steps`` of 0 mean once per epoch;
+    ``early_stopping_patience`` counts dev evaluations without improvement (0: off);
+    ``n_topics`` of 0 picks about one topic per four batches.
+    """
+
+    epochs: int = 1
+    learning_rate: float = 2e-5
+    batch_size: int = 32
+    temperature: float = 0.05
+    loss: LossName = "infonce"
+    graded_weight: float = 1.0
+    grade_temperature: float = 1.0
+    graded_distance: Literal["kl", "wasserstein"] = "kl"
+    negatives_per_example: int = 7
+    in_batch_negatives: bool = True
+    topic_batches: bool = False
+    n_topics: int = 0
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_seq_length: int = 256
+    max_steps: int | None = None
+    eval_every_steps: int = 0
+    eval_at_start: bool = True
+    early_stopping_patience: int = 0
+    max_dev_queries: int = 200  # dev evaluation encodes these queries and their lists
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 2
+    time_budget_s: float | None = None  # stop (keeping the best weights) once exceeded
+    bf16: bool = True  # autocast to bfloat16 on CUDA only
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("infonce", "graded", "infonce+graded"):
+            raise ValueError(f"unknown loss {self.loss!r}")
+        if self.batch_size < 1 or self.epochs < 0:
+            raise ValueError("batch_size must be >= 1 and epochs >= 0")
+
+    def fingerprint_fields(self) -> dict:
+        """The fields that change the trained weights (a checkpoint is resumed only if equal)."""
+        d = asdict(self)
+        for k in ("checkpoint_every_steps", "keep_checkpoints", "time_budget_s", "device"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class TrainingResult:
+    model_dir: Path
+    weights_hash: str
+    history: list[dict] = field(default_factory=list)  # per step: step, epoch, loss, lr
+    dev_metrics: list[dict] = field(default_factory=list)  # per evaluation: step, mrr@10, ...
+    best_step: int = 0
+    stopped_early: bool = False
+    device: str = "cpu"
+    examples_seen: int = 0
+    seconds: float = 0.0
+    stop_reason: str = "completed"  # completed / early_stopping / time_budget / max_steps
+    resumed_from_step: int | None = None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["model_dir"] = str(self.model_dir)
+        return d
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left in place."""
+
+    def __init__(self, step: int, loss: float, checkpoint: Path | None):
+        self.step, self.loss, self.checkpoint = step, loss, checkpoint
+        where = f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was saved yet"
+        super().__init__(f"training diverged at step {step}: loss is {loss}; {where}. Lower the learning rate or check the examples.")
+
+
+# --------------------------------------------------------------------------------------------
+# Data preparation.
+
+
+@dataclass
+class _Batchable:
+    """Training examples as plain Python lists, indexed by example row."""
+
+    queries: list[str]
+    positive_ids: list[str]
+    positive_texts: list[str]
+    positive_grades: list[float]
+    negative_ids: list[list[str]]
+    negative_texts: list[list[str]]
+    negative_grades: list[list[float]]
+
+    @classmethod
+    def from_frame(cls, df: pl.DataFrame, max_negatives: int) -> _Batchable:
+        def cap(col: str) -> list[list]:
+            return [list(v or [])[:max_negatives] for v in df[col].to_list()]
+
+        return cls(
+            queries=df["query"].to_list(),
+            positive_ids=df["positive_id"].to_list(),
+            positive_texts=df["positive_text"].to_list(),
+            positive_grades=[3.0 if g is None else float(g) for g in df["positive_grade"].to_list()],
+            negative_ids=cap("negative_ids"),
+            negative_texts=cap("negative_texts"),
+            negative_grades=[[0.0 if g is None else float(g) for g in gs] for gs in cap("negative_grades")],
+        )
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def _frame_digest(df: pl.DataFrame) -> str:
+    return hash_bytes(df.hash_rows(seed=0).to_numpy().tobytes() + str(df.columns).encode())
+
+
+def _plan_batches(train: _Batchable, cfg: TrainingConfig, model, device: str) -> list[list[list[int]]]:
+    """Batches for every epoch (index lists into ``train``), fixed by the seed."""
+    batcher = None
+    if cfg.topic_batches and len(train) > cfg.batch_size:
+        n_topics = cfg.n_topics or max(2, len(train) // (4 * cfg.batch_size))
+        emb = model.encode(train.queries, batch_size=128, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+        batcher = TopicBatcher(emb, cfg.batch_size, n_topics, seed=cfg.seed)
+    plan = []
+    for epoch in range(cfg.epochs):
+        batches = batcher.batches(epoch) if batcher else shuffled_batches(len(train), cfg.batch_size, cfg.seed, epoch)
+        plan.append(no_duplicate_positives(batches, train.positive_ids))
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# Forward pass and loss.
+
+
+def _embed(model, texts: list[str], device: str, chunk: int = 64) -> torch.Tensor:
+    """L2-normalised embeddings with gradients; texts are grouped by length so each chunk pads
+    only to its own longest text (titles and abstracts no longer pad to the longest abstract)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    parts = []
+    for s in range(0, len(order), chunk):
+        idx = order[s : s + chunk]
+        features = model.preprocess([texts[i] for i in idx])
+        features = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in features.items()}
+        parts.append(model(features)["sentence_embedding"])
+    emb = torch.cat(parts)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return F.normalize(emb[inverse.to(emb.device)].float(), dim=-1)
+
+
+def compute_batch_loss(model, data: _Batchable, batch: list[int], cfg: TrainingConfig, device: str) -> torch.Tensor:
+    """The configured loss of one batch of example indices."""
+    b = len(batch)
+    n = max((len(data.negative_texts[i]) for i in batch), default=0)
+    doc_texts = [data.positive_texts[i] for i in batch]
+    slots = []  # (row, column) of each negative within the padded (B, n) grid
+    for r, i in enumerate(batch):
+        for c, text in enumerate(data.negative_texts[i]):
+            doc_texts.append(text)
+            slots.append((r, c))
+    q = _embed(model, [data.queries[i] for i in batch], device)
+    docs = _embed(model, doc_texts, device)
+    pos = docs[:b]
+    negs = torch.zeros(b, n, docs.shape[1], device=docs.device, dtype=docs.dtype)
+    neg_mask = torch.zeros(b, n, dtype=torch.bool, device=docs.device)
+    grades = torch.zeros(b, 1 + n, device=docs.device)
+    if slots:
+        rows = torch.tensor([r for r, _ in slots], device=docs.device)
+        cols = torch.tensor([c for _, c in slots], device=docs.device)
+        negs = negs.index_put((rows, cols), docs[b:])
+        neg_mask[rows, cols] = True
+        grades[rows, cols + 1] = torch.tensor([data.negative_grades[batch[r]][c] for r, c in slots], device=docs.device)
+    grades[:, 0] = torch.tensor([data.positive_grades[i] for i in batch], device=docs.device)
+
+    # Integer passage ids, so a passage that is one query's positive and another's negative is
+    # not pushed away from the first query as an in-batch negative.
+    vocab: dict[str, int] = {}
+    pos_ids = torch.tensor([vocab.setdefault(data.positive_ids[i], len(vocab)) for i in batch], device=docs.device)
+    neg_ids = torch.full((b, n), -1, dtype=torch.long, device=docs.device)
+    for r, i in enumerate(batch):
+        for c, d in enumerate(data.negative_ids[i]):
+            neg_ids[r, c] = vocab.setdefault(d, len(vocab))
+
+    total = torch.zeros((), device=docs.device)
+    if cfg.loss in ("infonce", "infonce+graded"):
+        total = total + losses.info_nce(
+            q, pos, negs, cfg.temperature, in_batch=cfg.in_batch_negatives, neg_mask=neg_mask, pos_ids=pos_ids, neg_ids=neg_ids
+        )
+    if cfg.loss in ("graded", "infonce+graded"):
+        weight = cfg.graded_weight if cfg.loss == "infonce+graded" else 1.0
+        lists = torch.cat([pos.unsqueeze(1), negs], dim=1)
+        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=docs.device), neg_mask], dim=1)
+        total = total + weight * losses.graded_listwise_kl(
+            q, lists, grades, cfg.temperature, cfg.grade_temperature, mask=mask, distance=cfg.graded_distance
+        )
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# Dev evaluation.
+
+
+def evaluate_dev(model, dev: _Batchable, batch_size: int = 128) -> dict:
+    """MRR@10 and recall@1/10 of each dev query's positive among all the dev passages.
+
+    The pool is every dev positive and mined negative, so the task is a small retrieval
+    problem with hard distractors, not just re-ranking each query's own list.
+    """
+    pool_ids: dict[str, int] = {}
+    pool_texts: list[str] = []
+    for i in range(len(dev)):
+        for d, t in zip([dev.positive_ids[i], *dev.negative_ids[i]], [dev.positive_texts[i], *dev.negative_texts[i]], strict=True):
+            if d not in pool_ids:
+                pool_ids[d] = len(pool_texts)
+                pool_texts.append(t)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        q = model.encode(dev.queries, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+        p = model.encode(pool_texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+        scores = (q.float() @ p.float().T).cpu()
+    model.train(was_training)
+    target = torch.tensor([pool_ids[d] for d in dev.positive_ids])
+    pos_score = scores[torch.arange(len(target)), target]
+    rank = (scores > pos_score[:, None]).sum(1) + 1  # ties count in the positive's favour
+    rr = torch.where(rank <= 10, 1.0 / rank.float(), torch.zeros_like(pos_score))
+    return {
+        "mrr@10": round(float(rr.mean()), 6),
+        "recall@1": round(float((rank <= 1).float().mean()), 6),
+        "recall@10": round(float((rank <= 10).float().mean()), 6),
+        "dev_queries": len(dev),
+        "pool": len(pool_texts),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # Biases and LayerNorm weights are not regularised (standard BERT fine-tuning).
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.stack([s for s in torch.cuda.get_rng_state_all()])
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def _save_weights(model, path: Path) -> None:
+    from safetensors.torch import save_model
+
+    save_model(model, str(path))
+
+
+def _load_weights(model, path: Path) -> None:
+    from safetensors.torch import load_model
+
+    load_model(model, str(path), device=str(next(model.parameters()).device))
+
+
+def _checkpoints(root: Path) -> list[tuple[int, Path]]:
+    found = []
+    for p in root.glob("step-*"):
+        if p.is_dir() and p.name[5:].isdigit() and (p / STATE_FILE).exists():
+            found.append((int(p.name[5:]), p))
+    return sorted(found)
+
+
+def _save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+    final = root / f"step-{step}"
+    tmp = root / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _save_weights(model, tmp / WEIGHTS_FILE)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)  # a checkpoint is either complete or absent
+    for _, old in _checkpoints(root)[: -max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    wanted = {f"best-step-{json.loads((p / STATE_FILE).read_text())['best_step']}.safetensors" for _, p in _checkpoints(root)}
+    wanted.add(f"best-step-{state['best_step']}.safetensors")
+    for p in root.glob("best-step-*.safetensors"):
+        if p.name not in wanted:
+            p.unlink()
+    return final
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    _load_weights(model, path / WEIGHTS_FILE)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=True, map_location="cpu"))
+    return json.loads((path / STATE_FILE).read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop.
+
+
+def train_encoder(
+    base_model: str,
+    examples: pl.DataFrame,
+    output_dir: Path,
+    config: TrainingConfig | None = None,
+    progress: Callable[[dict], None] | None = None,
+    resume: bool = True,
+) -> TrainingResult:
+    """Fine-tune ``base_model`` on ``TRAINING_EXAMPLES`` rows; the model lands in
+    ``output_dir/model`` as a sentence-transformers folder (safetensors + tokenizer).
+
+    Rows with ``split == "train"`` are trained on, ``split == "dev"`` ones evaluated. With
+    ``resume`` the latest checkpoint under ``output_dir/checkpoints`` made with the same
+    model, examples and config is continued; otherwise (or when none matches) training
+    starts over. ``progress`` is called after every step with a dict (step, total_steps,
+    epoch, loss, lr, and dev metrics when an evaluation ran).
+    """
+    from sentence_transformers import SentenceTransformer
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = config or TrainingConfig()
+    started = time.monotonic()
+    output_dir = Path(output_dir)
+    ckpt_root = output_dir / "checkpoints"
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    use_bf16 = cfg.bf16 and device.startswith("cuda") and torch.cuda.is_bf16_supported()
+
+    torch.manual_seed(cfg.seed)
+    base_path = resolve_model_path(base_model)
+    model = SentenceTransformer(base_path, device=device)
+    model.max_seq_length = cfg.max_seq_length
+
+    train_df = examples.filter(pl.col("split") == "train")
+    dev_df = examples.filter(pl.col("split") == "dev").head(cfg.max_dev_queries)
+    train = _Batchable.from_frame(train_df, cfg.negatives_per_example)
+    dev = _Batchable.from_frame(dev_df, cfg.negatives_per_example) if dev_df.height else None
+    if len(train) == 0:
+        raise ValueError("no training examples with split == 'train'")
+
+    fingerprint = hash_json(
+        {
+            "base": model_folder_hash(base_path) if Path(base_path).exists() else base_path,
+            "examples": _frame_digest(examples),
+            "config": cfg.fingerprint_fields(),
+        }
+    )
+    plan = _plan_batches(train, cfg, model, device)
+    total_steps = sum(len(p) for p in plan)
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), max(1, total_steps))
+
+    state = {
+        "fingerprint": fingerprint,
+        "step": 0,
+        "epoch": 0,
+        "batch_in_epoch": 0,
+        "history": [],
+        "dev_metrics": [],
+        "best_metric": None,
+        "best_step": 0,
+        "evals_without_improvement": 0,
+        "examples_seen": 0,
+        "stop_reason": None,
+        "seconds": 0.0,
+    }
+    resumed_from = None
+    last_checkpoint: Path | None = None
+    if resume and ckpt_root.exists():
+        matching = [
+            (s, p) for s, p in _checkpoints(ckpt_root) if json.loads((p / STATE_FILE).read_text()).get("fingerprint") == fingerprint
+        ]
+        if matching:
+            resumed_from, last_checkpoint = matching[-1]
+            state = _load_checkpoint(last_checkpoint, model, optimizer, scheduler)
+            log.info("resumed training from %s", last_checkpoint)
+    if resumed_from is None:
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    seconds_before = state["seconds"]
+
+    def best_weights_path(step: int) -> Path:
+        return ckpt_root / f"best-step-{step}.safetensors"
+
+    def run_eval() -> dict:
+        metrics = {"step": state["step"], **evaluate_dev(model, dev)}
+        state["dev_metrics"].append(metrics)
+        score = metrics["mrr@10"]
+        if state["best_metric"] is None or score > state["best_metric"]:
+            state["best_metric"], state["best_step"] = score, state["step"]
+            state["evals_without_improvement"] = 0
+            if state["step"] > 0:  # step 0's weights are the base model's: nothing to save
+                _save_weights(model, best_weights_path(state["step"]))
+        else:
+            state["evals_without_improvement"] += 1
+        log.info("dev at step %d: %s", state["step"], metrics)
+        return metrics
+
+    def checkpoint() -> None:
+        nonlocal last_checkpoint
+        state["seconds"] = seconds_before + time.monotonic() - started
+        last_checkpoint = _save_checkpoint(ckpt_root, state["step"], model, optimizer, scheduler, state, cfg.keep_checkpoints)
+
+    if dev is not None and cfg.eval_at_start and state["step"] == 0 and not state["dev_metrics"]:
+        run_eval()
+
+    model.train()
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16)
+    steps_per_epoch = [len(p) for p in plan]
+    while state["stop_reason"] is None:
+        if state["step"] >= total_steps:
+            state["stop_reason"] = "max_steps" if cfg.max_steps is not None and total_steps < sum(steps_per_epoch) else "completed"
+            break
+        epoch, k = state["epoch"], state["batch_in_epoch"]
+        if k >= steps_per_epoch[epoch]:
+            state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+            continue
+        batch = plan[epoch][k]
+        state["step"] += 1
+        state["batch_in_epoch"] = k + 1
+        step = state["step"]
+
+        with autocast:
+            loss = compute_batch_loss(model, train, batch, cfg, device)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(step, loss_value, last_checkpoint)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        record = {"step": step, "epoch": epoch, "loss": round(loss_value, 6), "lr": lr}
+        state["history"].append(record)
+        state["examples_seen"] += len(batch)
+
+        end_of_epoch = state["batch_in_epoch"] == steps_per_epoch[epoch]
+        last_step = step == total_steps
+        event = {**record, "total_steps": total_steps}
+        elapsed = seconds_before + time.monotonic() - started
+        if cfg.time_budget_s is not None and elapsed > cfg.time_budget_s and not last_step:
+            state["stop_reason"] = "time_budget"
+        if dev is not None and (_due(step, cfg.eval_every_steps, end_of_epoch) or last_step or state["stop_reason"]):
+            event["dev"] = run_eval()
+            patience = cfg.early_stopping_patience
+            if patience and state["evals_without_improvement"] >= patience and state["stop_reason"] is None:
+                state["stop_reason"] = "early_stopping"
+        if _due(step, cfg.checkpoint_every_steps, end_of_epoch) or last_step or state["stop_reason"]:
+            checkpoint()
+        if progress is not None:
+            progress(event)
+
+    if dev is not None and state["best_step"] != state["step"]:
+        if state["best_step"] == 0:
+            model = SentenceTransformer(base_path, device=device)
+            model.max_seq_length = cfg.max_seq_length
+        else:
+            _load_weights(model, best_weights_path(state["best_step"]))
+
+    model_dir = output_dir / "model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    model.save(str(model_dir), safe_serialization=True)
+    result = TrainingResult(
+        model_dir=model_dir,
+        weights_hash=model_folder_hash(model_dir),
+        history=state["history"],
+        dev_metrics=state["dev_metrics"],
+        best_step=state["best_step"],
+        stopped_early=state["stop_reason"] in ("early_stopping", "time_budget"),
+        device=device,
+        examples_seen=state["examples_seen"],
+        seconds=round(seconds_before + time.monotonic() - started, 3),
+        stop_reason=state["stop_reason"],
+        resumed_from_step=resumed_from,
+    )
+    (output_dir / "training_result.json").write_text(json.dumps(result.to_json(), indent=1))
+    return result
+
+
+def _due(step: int, every: int, end_of_epoch: bool) -> bool:
+    return (every > 0 and step % every == 0) or (every <= 0 and end_of_epoch)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (for callers that build data with global RNGs)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

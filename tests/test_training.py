@@ -1,0 +1,219 @@
+"""Training loop tests on a tiny random BERT (hidden 32, 2 layers) built in tmp_path: seconds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import polars as pl
+import pytest
+import torch
+
+from retriever_forge import training
+from retriever_forge.encoding import model_folder_hash
+from retriever_forge.schemas import TRAINING_EXAMPLES, conform
+from retriever_forge.training import TrainingConfig, TrainingDiverged, evaluate_dev, train_encoder
+
+TOPICS = {
+    "sorting": "quicksort mergesort heapsort pivot partition array order",
+    "hashing": "hash table bucket key collision probe lookup",
+    "graphs": "graph vertex edge shortest path dijkstra weight",
+    "parsing": "parser grammar token syntax tree compiler",
+    "networks": "tcp packet route host protocol delivery",
+    "storage": "disk block file cache page buffer",
+    "matrices": "matrix inverse determinant eigenvalue linear system",
+    "queues": "queue stack push pop scheduler process",
+}
+
+
+def _tiny_model(root) -> str:
+    """A random 2-layer BERT with a WordPiece vocabulary of the toy words, as an ST folder."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = sorted({w for text in TOPICS.values() for w in text.split()} | set(TOPICS))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, ":", "about", "what", "is"]
+    hf = root / "hf"
+    hf.mkdir(parents=True)
+    (hf / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(hf / "vocab.txt"))  # transformers 5 names it vocab=
+    assert tokenizer.convert_tokens_to_ids("hash") != tokenizer.unk_token_id
+    tokenizer.save_pretrained(str(hf))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
+    )
+    BertModel(config).save_pretrained(str(hf), safe_serialization=True)
+    st = SentenceTransformer(
+        modules=[models.Transformer(str(hf), max_seq_length=32), models.Pooling(32, "mean"), models.Normalize()], device="cpu"
+    )
+    out = root / "tiny-st"
+    st.save(str(out))
+    return str(out)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # A 32-wide model is far faster on one thread, and spinning OpenMP threads are very slow
+    # when another process holds one of the two cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    return _tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def _examples(n_per_topic: int = 6, dev_per_topic: int = 1) -> pl.DataFrame:
+    """Toy task: a query names two words of a topic; its positive holds those two words, a
+    grade-1 negative two other words of the topic, a grade-0 negative another topic's words."""
+    names = list(TOPICS)
+    rows = []
+    for t, name in enumerate(names):
+        words = TOPICS[name].split()
+        for j in range(n_per_topic + dev_per_topic):
+            a, b = words[j % len(words)], words[(j + 2) % len(words)]
+            c, d = words[(j + 4) % len(words)], words[(j + 5) % len(words)]
+            other = names[(t + 1 + j) % len(names)]
+            o1, o2 = TOPICS[other].split()[:2]
+            rows.append(
+                {
+                    "query_id": f"{name}-{j}",
+                    "query": f"{a} {b}",
+                    "positive_id": f"p-{name}-{j}",
+                    "positive_text": f"{name}: {a} {b}",
+                    "positive_grade": 3.0,
+                    "negative_ids": [f"n-{name}-{j}", f"o-{other}-{j}"],
+                    "negative_texts": [f"{name}: {c} {d}", f"{other}: {o1} {o2}"],
+                    "negative_grades": [1.0, 0.0],
+                    "negative_ranks": [10, 11],
+                    "negative_scores": [0.5, 0.4],
+                    "split": "dev" if j >= n_per_topic else "train",
+                }
+            )
+    return conform(pl.DataFrame(rows, schema=TRAINING_EXAMPLES), TRAINING_EXAMPLES)
+
+
+FAST = dict(batch_size=8, max_seq_length=32, learning_rate=3e-3, temperature=0.1, warmup_ratio=0.0, seed=0)
+
+
+def test_loss_decreases_and_dev_improves(tiny_model, tmp_path):
+    cfg = TrainingConfig(epochs=6, loss="infonce+graded", **FAST)
+    result = train_encoder(tiny_model, _examples(), tmp_path / "run", cfg)
+    losses = [h["loss"] for h in result.history]
+    steps_per_epoch = len(losses) // 6
+    first, last = sum(losses[:steps_per_epoch]), sum(losses[-steps_per_epoch:])
+    assert last < 0.7 * first, losses
+    mrr = [m["mrr@10"] for m in result.dev_metrics]
+    assert mrr[0] == result.dev_metrics[0]["mrr@10"] and result.dev_metrics[0]["step"] == 0  # base model evaluated
+    assert max(mrr[1:]) > mrr[0]
+    assert result.best_step > 0 and result.examples_seen == 6 * 48
+    assert result.stop_reason == "completed" and not result.stopped_early
+
+
+def test_saved_model_loads_with_sentence_transformers(tiny_model, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    result = train_encoder(tiny_model, _examples(2, 1), tmp_path / "run", TrainingConfig(epochs=1, **FAST))
+    files = {p.name for p in result.model_dir.iterdir()}
+    assert "model.safetensors" in files and "tokenizer.json" in files and "modules.json" in files
+    assert not any(name.endswith((".bin", ".pkl")) for name in files)
+    model = SentenceTransformer(str(result.model_dir), device="cpu")
+    assert model.encode(["hash table"]).shape == (1, 32)
+    assert result.weights_hash == model_folder_hash(result.model_dir)
+    saved = json.loads((tmp_path / "run" / "training_result.json").read_text())
+    assert saved["weights_hash"] == result.weights_hash
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tiny_model, tmp_path):
+    cfg = TrainingConfig(epochs=2, checkpoint_every_steps=2, eval_every_steps=3, **FAST)
+    examples = _examples(3, 1)
+    reference = train_encoder(tiny_model, examples, tmp_path / "straight", cfg)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_5(event):
+        if event["step"] == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_encoder(tiny_model, examples, tmp_path / "crashy", cfg, progress=crash_at_step_5)
+    ckpts = sorted(p.name for p in (tmp_path / "crashy" / "checkpoints").glob("step-*"))
+    assert ckpts == ["step-2", "step-4"]
+    resumed = train_encoder(tiny_model, examples, tmp_path / "crashy", cfg)
+    assert resumed.resumed_from_step == 4
+    assert resumed.weights_hash == reference.weights_hash
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in reference.history]
+    assert resumed.best_step == reference.best_step and resumed.examples_seen == reference.examples_seen
+
+
+def test_resume_ignores_checkpoints_of_another_config(tiny_model, tmp_path):
+    examples = _examples(2, 1)
+    train_encoder(tiny_model, examples, tmp_path / "run", TrainingConfig(epochs=1, checkpoint_every_steps=1, **FAST))
+    other = train_encoder(tiny_model, examples, tmp_path / "run", TrainingConfig(epochs=1, **{**FAST, "learning_rate": 1e-3}))
+    assert other.resumed_from_step is None
+
+
+def test_nan_loss_raises_and_keeps_last_checkpoint(tiny_model, tmp_path, monkeypatch):
+    real = training.compute_batch_loss
+    calls = {"n": 0}
+
+    def nan_at_third_step(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(training, "compute_batch_loss", nan_at_third_step)
+    cfg = TrainingConfig(epochs=1, checkpoint_every_steps=2, **FAST)
+    with pytest.raises(TrainingDiverged, match="step 3") as err:
+        train_encoder(tiny_model, _examples(3, 0), tmp_path / "run", cfg)
+    assert err.value.checkpoint is not None and err.value.checkpoint.name == "step-2"
+    assert (err.value.checkpoint / "weights.safetensors").exists()
+    state = json.loads((err.value.checkpoint / "state.json").read_text())
+    assert state["step"] == 2 and all(math.isfinite(h["loss"]) for h in state["history"])
+    # Optimizer/scheduler/RNG files are tensor-only: they load with weights_only=True.
+    for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+        torch.load(err.value.checkpoint / name, weights_only=True)
+
+
+def test_early_stopping_keeps_best_weights(tiny_model, tmp_path):
+    # A learning rate this large wrecks the tiny model, so dev MRR never beats the base model.
+    cfg = TrainingConfig(epochs=3, eval_every_steps=1, early_stopping_patience=2, **{**FAST, "learning_rate": 5.0, "max_grad_norm": 1e6})
+    result = train_encoder(tiny_model, _examples(4, 1), tmp_path / "run", cfg)
+    best = max(m["mrr@10"] for m in result.dev_metrics)
+    assert result.stopped_early and result.stop_reason == "early_stopping"
+    assert len(result.history) < 3 * 4
+    assert [m["mrr@10"] for m in result.dev_metrics if m["step"] == result.best_step] == [best]
+    if result.best_step == 0:  # the base weights come back unchanged
+        assert result.weights_hash == model_folder_hash(result.model_dir)
+
+
+def test_topic_batches_and_graded_wasserstein_train(tiny_model, tmp_path):
+    cfg = TrainingConfig(epochs=1, loss="graded", graded_distance="wasserstein", topic_batches=True, n_topics=4, **FAST)
+    result = train_encoder(tiny_model, _examples(4, 1), tmp_path / "run", cfg)
+    assert all(math.isfinite(h["loss"]) for h in result.history) and result.examples_seen == 32
+
+
+def test_evaluate_dev_perfect_and_worst_cases(tiny_model):
+    from sentence_transformers import SentenceTransformer
+
+    from retriever_forge.training import _Batchable
+
+    model = SentenceTransformer(tiny_model, device="cpu")
+    same = _Batchable(["hash table"], ["a"], ["hash table"], [3.0], [["b"]], [["tcp packet route"]], [[0.0]])
+    metrics = evaluate_dev(model, same)
+    assert metrics["mrr@10"] == 1.0 and metrics["recall@1"] == 1.0 and metrics["pool"] == 2
+
+
+def test_time_budget_and_max_steps_stop_training(tiny_model, tmp_path):
+    examples = _examples(4, 1)
+    budget = train_encoder(tiny_model, examples, tmp_path / "budget", TrainingConfig(epochs=2, time_budget_s=0.0, **FAST))
+    assert budget.stop_reason == "time_budget" and budget.stopped_early and len(budget.history) == 1
+    assert budget.dev_metrics[-1]["step"] == 1  # the weights it stopped with were evaluated
+    capped = train_encoder(tiny_model, examples, tmp_path / "capped", TrainingConfig(epochs=2, max_steps=3, **FAST))
+    assert capped.stop_reason == "max_steps" and len(capped.history) == 3 and not capped.stopped_early
+    assert capped.history[-1]["lr"] == 0.0  # the schedule decays to zero at max_steps
