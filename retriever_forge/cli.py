@@ -30,11 +30,16 @@ def _dagster_home() -> Path:
     return home
 
 
-def _store():
-    from retriever_forge.artifacts import ArtifactStore
+def _home(args) -> str:
     from retriever_forge.resources import DEFAULT_HOME
 
-    return ArtifactStore(DEFAULT_HOME)
+    return getattr(args, "home", None) or DEFAULT_HOME
+
+
+def _store(args=None):
+    from retriever_forge.artifacts import ArtifactStore
+
+    return ArtifactStore(_home(args))
 
 
 def cmd_run(args) -> int:
@@ -68,13 +73,12 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _resolve_target(store, target: list[str]) -> str:
+def _resolve_target(home: str, target: list[str]) -> str:
     from retriever_forge.artifacts import ArtifactRef
-    from retriever_forge.resources import DEFAULT_HOME
 
     if len(target) <= 2 and not all(c in "0123456789abcdef" for c in target[0]):
         asset, partition = target[0], (target[1] if len(target) > 1 else "demo")
-        ref_file = Path(DEFAULT_HOME) / "refs" / asset / f"{partition}.json"
+        ref_file = Path(home) / "refs" / asset / f"{partition}.json"
         if not ref_file.exists():
             raise KeyError(f"no materialization of {asset!r} for partition {partition!r} ({ref_file})")
         return ArtifactRef.from_json(ref_file.read_text()).hash
@@ -84,9 +88,9 @@ def _resolve_target(store, target: list[str]) -> str:
 def cmd_trace(args) -> int:
     from retriever_forge.provenance import trace, trace_markdown
 
-    store = _store()
+    store = _store(args)
     try:
-        tree = trace(store, _resolve_target(store, args.target))
+        tree = trace(store, _resolve_target(_home(args), args.target))
     except KeyError as e:
         print(f"trace: {e.args[0]}", file=sys.stderr)
         return 2
@@ -97,7 +101,7 @@ def cmd_trace(args) -> int:
 def cmd_verify(args) -> int:
     from retriever_forge.provenance import verify
 
-    results = verify(_store())
+    results = verify(_store(args))
     bad = [r for r in results if not r["ok"]]
     if args.json:
         print(json.dumps(results, indent=1))
@@ -119,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     tr = sub.add_parser("trace", help="print an artifact's upstream lineage")
     tr.add_argument("target", nargs="+", help="artifact hash (prefix), or asset key [partition]")
     tr.add_argument("--json", action="store_true")
+    tr.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
     tr.set_defaults(func=cmd_trace)
     ve = sub.add_parser("verify", help="re-hash stored artifacts and report mismatches")
     ve.add_argument("--json", action="store_true")
+    ve.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
     ve.set_defaults(func=cmd_verify)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -129,3 +129,17 @@ def test_editing_one_prompt_changes_exactly_the_downstream_hashes(first_run, tmp
     assert [a for a in before if before[a] == after[a]] == ["corpus", "eval_queries", "eval_qrels"]
     manifest = ArtifactStore(home).read_manifest(_ref(home, "synthetic_queries"))
     assert manifest["prompts"]["question"]["id"] == str(edited)
+
+
+@pytest.mark.slow
+def test_trace_and_verify_commands(first_run, capsys):
+    from retriever_forge.cli import main
+
+    home, _, _ = first_run
+    assert main(["trace", "benchmark_scores", "demo", "--home", str(home)]) == 0
+    text = capsys.readouterr().out
+    assert "**benchmark_scores** [demo]" in text and "**corpus** [demo]" in text and "MISMATCH" not in text
+    assert main(["trace", _ref(home, "corpus").hash[:12], "--json", "--home", str(home)]) == 0
+    assert json.loads(capsys.readouterr().out)["asset"] == "corpus"
+    assert main(["verify", "--home", str(home)]) == 0
+    assert main(["trace", "no_such_asset", "demo", "--home", str(home)]) == 2
