@@ -335,14 +335,38 @@ class TransformersLLM:
             results: list[list[float] | None] = [None] * len(prompts)
             with torch.inference_mode():
                 for batch in self._batches(encoded):
-                    input_ids, attention, positions = self._left_pad([encoded[i] for i in batch])
-                    logits = model(
-                        input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1
-                    ).logits[:, -1, :]
+                    logits = self._last_logits(model, [encoded[i] for i in batch])
                     restricted = torch.log_softmax(logits[:, choice_ids].float(), dim=-1)
                     for i, row in zip(batch, restricted.tolist(), strict=True):
                         results[i] = row
             return results  # type: ignore[return-value]
+
+    def _last_logits(self, model, rows: list[list[int]]):
+        """Next-token logits after each row, computing the rows' shared token prefix only once.
+
+        Judge prompts share a long instruction prefix (the UMBRELA rubric, ~60% of the tokens):
+        its key/value cache is computed for one row and repeated across the batch, and only the
+        differing suffixes are run batched. Exact: the same logits as running each row whole.
+        """
+        import torch
+
+        shared = 0
+        shortest = min(len(r) for r in rows)
+        # Leave at least one token per row for the batched pass.
+        while shared < shortest - 1 and all(r[shared] == rows[0][shared] for r in rows):
+            shared += 1
+        if len(rows) == 1 or shared < 16:
+            input_ids, attention, positions = self._left_pad(rows)
+            return model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1).logits[:, -1, :]
+        prefix = torch.tensor([rows[0][:shared]], dtype=torch.long, device=self.device)
+        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        suffix_ids, suffix_attention, _ = self._left_pad([r[shared:] for r in rows])
+        # Padding sits between prefix and suffix; it is masked, and positions skip it.
+        attention = torch.cat([torch.ones((len(rows), shared), dtype=torch.long, device=self.device), suffix_attention], dim=1)
+        positions = shared + (suffix_attention.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=suffix_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, logits_to_keep=1)
+        return out.logits[:, -1, :]
 
     def next_token_logprobs(self, prompts: list[str], top_k: int = 20) -> list[list[tuple[int, str, float]]]:
         """The ``top_k`` most likely next tokens after each prompt: (token id, text, logprob).
