@@ -108,6 +108,7 @@ def publish(
         "code_version": manifest["code_version"],
         "upstream_hashes": dg.MetadataValue.json(manifest["upstream"]),
         "seconds": timing.get("seconds"),
+        "manifest": dg.MetadataValue.json(manifest),
     }
     if rows is not None:
         md["dagster/row_count"] = rows
