@@ -536,6 +536,7 @@ def train_encoder(
 
     model_dir = output_dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
+    _reset_tokenizer_runtime_state(model)
     model.save(str(model_dir), safe_serialization=True)
     result = TrainingResult(
         model_dir=model_dir,
@@ -552,6 +553,19 @@ def train_encoder(
     )
     (output_dir / "training_result.json").write_text(json.dumps(result.to_json(), indent=1))
     return result
+
+
+def _reset_tokenizer_runtime_state(model) -> None:
+    """Clear the fast tokenizer's last-call padding/truncation before saving.
+
+    ``tokenizer.json`` serialises whatever padding and truncation the *last* call used, so
+    without this the saved folder (and its content hash) depends on which batch ran last — a
+    resumed run would publish a new artifact for identical weights.
+    """
+    backend = getattr(getattr(model, "tokenizer", None), "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+        backend.no_truncation()
 
 
 def _due(step: int, every: int, end_of_epoch: bool) -> bool:
