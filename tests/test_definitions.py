@@ -46,7 +46,7 @@ def test_jobs_schedule_and_checks():
     schedule = defs.resolve_schedule_def("nightly_adaptation")
     assert schedule.cron_schedule == "0 2 * * *"
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
-    assert {"corpus_schema", "unparseable_share", "training_loss_sane", "fine_tuned_not_worse"} <= checks
+    assert {"corpus_schema", "unparseable_share", "training_loss_finite", "fine_tuned_not_worse"} <= checks
 
 
 def test_nightly_schedule_requests_one_run_per_dataset():

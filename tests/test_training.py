@@ -217,3 +217,11 @@ def test_time_budget_and_max_steps_stop_training(tiny_model, tmp_path):
     capped = train_encoder(tiny_model, examples, tmp_path / "capped", TrainingConfig(epochs=2, max_steps=3, **FAST))
     assert capped.stop_reason == "max_steps" and len(capped.history) == 3 and not capped.stopped_early
     assert capped.history[-1]["lr"] == 0.0  # the schedule decays to zero at max_steps
+
+
+def test_loss_trend_check_has_known_answers():
+    from retriever_forge.assets.training import loss_trend
+
+    assert loss_trend([1.0, 2.0, 3.0])["decreasing"]  # too few steps to judge: passes, and says so
+    assert loss_trend([2.0] * 25 + [1.0] * 25)["decreasing"]
+    assert not loss_trend([1.0] * 25 + [2.0] * 25)["decreasing"]

@@ -172,8 +172,10 @@ def training_examples(
     code_version=CODE_VERSION,
     kinds={"pytorch", "safetensors"},
     check_specs=[
-        dg.AssetCheckSpec("training_loss_sane", asset="fine_tuned_encoder", blocking=True,
-                          description="Loss is finite and its last quarter averages below its first."),
+        dg.AssetCheckSpec("training_loss_finite", asset="fine_tuned_encoder", blocking=True,
+                          description="Every logged loss is finite (a NaN/inf model never reaches the index)."),
+        dg.AssetCheckSpec("training_loss_decreasing", asset="fine_tuned_encoder",
+                          description="Smoothed loss falls over training (checked from 50 steps on; per-batch loss is noise before)."),
     ],
 )  # fmt: skip
 def fine_tuned_encoder(
@@ -198,9 +200,8 @@ def fine_tuned_encoder(
         result = train_encoder(base.path, examples, out_dir, tc, progress=log_progress(context), resume=True)
         ref = store.put_folder(result.model_dir, "fine_tuned_encoder")
     losses = [h["loss"] for h in result.history]
-    q = max(1, len(losses) // 4)
     finite = all(math.isfinite(x) for x in losses)
-    decreasing = bool(losses) and (len(losses) < 8 or sum(losses[-q:]) / q < sum(losses[:q]) / q)
+    trend = loss_trend(losses)
     yield publish(
         context, store, ref, asset="fine_tuned_encoder", upstream={"training_examples": training_examples}, timing=t,
         rows=int(examples.height), config={**values, "resolved": dataclasses.asdict(tc)},
@@ -215,6 +216,23 @@ def fine_tuned_encoder(
         },
     )  # fmt: skip
     yield dg.AssetCheckResult(
-        check_name="training_loss_sane", asset_key="fine_tuned_encoder", passed=finite and decreasing,
-        metadata={"finite": finite, "decreasing": decreasing, "steps": len(losses)},
+        check_name="training_loss_finite", asset_key="fine_tuned_encoder", passed=finite and bool(losses),
+        metadata={"steps": len(losses), "finite": finite},
     )  # fmt: skip
+    yield dg.AssetCheckResult(
+        check_name="training_loss_decreasing", asset_key="fine_tuned_encoder", passed=trend["decreasing"],
+        severity=dg.AssetCheckSeverity.WARN, metadata={k: v for k, v in trend.items() if v is not None},
+    )  # fmt: skip
+
+
+def loss_trend(losses: list[float], min_steps: int = 50) -> dict:
+    """Mean loss of the first and last fifth of training; ``decreasing`` when the last is lower.
+
+    With fewer than ``min_steps`` steps the per-batch noise of a pre-trained encoder's small loss
+    swamps any trend, so the check passes and says so.
+    """
+    if len(losses) < min_steps:
+        return {"decreasing": True, "steps": len(losses), "first": None, "last": None, "note": f"fewer than {min_steps} steps"}
+    k = max(1, len(losses) // 5)
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    return {"decreasing": last < first, "steps": len(losses), "first": round(first, 5), "last": round(last, 5), "note": None}
