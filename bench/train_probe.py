@@ -24,6 +24,9 @@ Measured on the 2-core CPU (cacm base nDCG@10 0.419 here, msmarco-5k 0.798; seed
     1000 title       3          128      5e-5   -0.045      n/a
     1000 mix         3          128      5e-5   +0.014      +0.002
     1000 mix         3          128      2e-5   +0.020      -0.001
+    1000 mix + TAS   3          128      2e-5   +0.021      -0.001
+
+(7 negatives at 256 tokens, one graph per batch, was killed for memory at ~16 GB.)
 
 Title-only pseudo-queries (the title is verbatim in the passage) are a poor, risky signal;
 first-sentence/title mixes are closer to LLM queries. 52 judged queries make +-0.01 noise.
