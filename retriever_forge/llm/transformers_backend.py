@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
-from pathlib import Path
 
 from retriever_forge.llm.base import Generation, SamplingParams
 from retriever_forge.llm.decoding import (
@@ -35,10 +33,9 @@ from retriever_forge.llm.decoding import (
     truncate_at_stop,
 )
 from retriever_forge.llm.weights import (
-    cached_file_hash,
-    cached_tree_hash,
     default_generator_path,
     gguf_to_hf_folder,
+    local_weights_hash,
 )
 
 log = logging.getLogger(__name__)
@@ -170,15 +167,7 @@ class TransformersLLM:
     def weights_hash(self) -> str:
         """sha256 of the GGUF file, or of the model folder's weights, config and tokenizer files."""
         if self._weights_hash is None:
-            if self.gguf_file is not None:
-                self._weights_hash = cached_file_hash(Path(self.model_path) / self.gguf_file)
-            elif os.path.isdir(self.model_path):
-                self._weights_hash = cached_tree_hash(self.model_path)
-            else:
-                from huggingface_hub import snapshot_download
-
-                folder = snapshot_download(self.model_path, local_files_only=True)
-                self._weights_hash = cached_tree_hash(folder)
+            self._weights_hash = local_weights_hash(self.model_path, self.gguf_file)
         return self._weights_hash
 
     # ------------------------------------------------------------------ prompts

@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 
 from retriever_forge.llm.base import Generation, SamplingParams
 from retriever_forge.llm.decoding import (
@@ -52,7 +51,7 @@ from retriever_forge.llm.decoding import (
     render_chat,
     truncate_at_stop,
 )
-from retriever_forge.llm.weights import cached_file_hash, cached_tree_hash, gguf_to_hf_folder
+from retriever_forge.llm.weights import gguf_to_hf_folder, local_weights_hash
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +189,7 @@ class VLLMBackend:
     def weights_hash(self) -> str:
         """sha256 of the GGUF file, or of the model folder's weights, config and tokenizer files."""
         if self._weights_hash is None:
-            if self.gguf_file is not None:
-                self._weights_hash = cached_file_hash(Path(self.model_path) / self.gguf_file)
-            elif os.path.isdir(self.model_path):
-                self._weights_hash = cached_tree_hash(self.model_path)
-            else:
-                from huggingface_hub import snapshot_download
-
-                self._weights_hash = cached_tree_hash(snapshot_download(self.model_path, local_files_only=True))
+            self._weights_hash = local_weights_hash(self.model_path, self.gguf_file)
         return self._weights_hash
 
     def render_prompt(self, prompt: str) -> str:

@@ -201,3 +201,18 @@ def gguf_to_hf_folder(folder: str | os.PathLike, gguf_file: str, out_root: str |
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def local_weights_hash(model_path: str, gguf_file: str | None = None) -> str:
+    """Identity of a local model: the GGUF file's hash, else the folder's (weights, config, tokenizer).
+
+    A hub id is resolved to its already-downloaded snapshot (``local_files_only``), so hashing
+    never triggers a download.
+    """
+    if gguf_file is not None:
+        return cached_file_hash(Path(model_path) / gguf_file)
+    if os.path.isdir(model_path):
+        return cached_tree_hash(model_path)
+    from huggingface_hub import snapshot_download
+
+    return cached_tree_hash(snapshot_download(model_path, local_files_only=True))
