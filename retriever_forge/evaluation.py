@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from retriever_forge.datasets import passage_text
-from retriever_forge.search import exact_search
+from retriever_forge.search import exact_search, hits_to_run
 
 MEASURES = ("ndcg_cut_10", "recall_100", "map", "recip_rank")
 _TREC_MEASURES = {"ndcg_cut.10", "recall.100", "map", "recip_rank"}
@@ -72,10 +72,7 @@ def bm25_run(corpus: pl.DataFrame, queries: pl.DataFrame, k: int = 100) -> Run:
 
 def dense_run(query_embeddings: np.ndarray, corpus_embeddings: np.ndarray, query_ids: list[str], doc_ids: list[str], k: int = 100) -> Run:
     scores, idx = exact_search(query_embeddings, corpus_embeddings, k=k)
-    return {
-        qid: {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], scores[i], strict=True) if j >= 0}
-        for i, qid in enumerate(query_ids)
-    }
+    return hits_to_run(scores, idx, query_ids, doc_ids)
 
 
 def scoreboard_markdown(rows: list[dict], judgments: str) -> str:

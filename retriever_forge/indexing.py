@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retriever_forge.search import hits_to_run
+
 INDEX_FILE = "index.faiss"
 IDS_FILE = "doc_ids.json"
 META_FILE = "meta.json"
@@ -97,7 +99,4 @@ def load_corpus_index(folder: Path) -> CorpusIndex:
 def search_corpus_index(index: CorpusIndex, query_embeddings: np.ndarray, query_ids: list[str], k: int = 100) -> dict[str, dict[str, float]]:
     k = min(k, len(index.doc_ids))
     scores, idx = index.index.search(np.ascontiguousarray(query_embeddings, dtype=np.float32), k)
-    return {
-        qid: {index.doc_ids[int(j)]: float(s) for j, s in zip(idx[i], scores[i], strict=True) if j >= 0}
-        for i, qid in enumerate(query_ids)
-    }
+    return hits_to_run(scores, idx, query_ids, index.doc_ids)

@@ -38,6 +38,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from retriever_forge.datasets import passage_text  # noqa: F401 - the one convention, re-exported
 from retriever_forge.schemas import HARD_NEGATIVE_CANDIDATES, TRAINING_EXAMPLES, conform
 
 log = logging.getLogger(__name__)
@@ -82,25 +83,12 @@ class MiningConfig:
 # Passage text: one convention for every stage.
 
 
-def passage_text(title: str | None, text: str | None) -> str:
-    """The text a passage is encoded and judged as: ``"title: text"``.
-
-    Either part alone when the other is empty.
-
-    >>> passage_text("Secant Method", "A procedure for ...")
-    'Secant Method: A procedure for ...'
-    >>> passage_text("", "only text"), passage_text("Only Title", "")
-    ('only text', 'Only Title')
-    """
-    title = (title or "").strip()
-    text = (text or "").strip()
-    if title and text:
-        return f"{title}: {text}"
-    return title or text
-
-
 def passage_text_expr(title: str = "title", text: str = "text") -> pl.Expr:
-    """:func:`passage_text` as a polars expression (same result, vectorised)."""
+    """:func:`retriever_forge.datasets.passage_text` as a polars expression (same result, vectorised).
+
+    >>> pl.DataFrame({"title": ["T", ""], "text": ["body", "only"]}).select(passage_text_expr())["title"].to_list()
+    ['T: body', 'only']
+    """
     t = pl.col(title).fill_null("").str.strip_chars()
     x = pl.col(text).fill_null("").str.strip_chars()
     return pl.when((t != "") & (x != "")).then(pl.concat_str([t, pl.lit(": "), x])).when(t != "").then(t).otherwise(x)

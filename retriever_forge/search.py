@@ -31,3 +31,11 @@ def exact_search(queries: np.ndarray, corpus: np.ndarray, k: int, chunk_size: in
         q = np.ascontiguousarray(queries[start : start + chunk_size], dtype=np.float32)
         scores[start : start + len(q)], idx[start : start + len(q)] = index.search(q, k)
     return scores, idx
+
+
+def hits_to_run(scores: np.ndarray, idx: np.ndarray, query_ids: list[str], doc_ids: list[str]) -> dict[str, dict[str, float]]:
+    """A ``{query_id: {doc_id: score}}`` run from FAISS results (rows of -1 ids are padding)."""
+    return {
+        qid: {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], scores[i], strict=True) if j >= 0}
+        for i, qid in enumerate(query_ids)
+    }
