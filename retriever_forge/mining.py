@@ -38,7 +38,6 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from retriever_forge.datasets import passage_text  # noqa: F401 - the one convention, re-exported
 from retriever_forge.schemas import HARD_NEGATIVE_CANDIDATES, TRAINING_EXAMPLES, conform
 
 log = logging.getLogger(__name__)
