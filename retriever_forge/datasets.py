@@ -16,6 +16,16 @@ file named by ``RETRIEVER_FORGE_DATASETS``), so users add datasets without code 
         overrides: {synthetic_queries: {documents_to_sample: 1000}}
       scifact: {source: ir_datasets, id: beir/scifact/test}
       notes: {source: files, corpus: data/notes.parquet, id_field: note_id, text_field: body}
+      nightly: {source: beir, path: /data/crawl, on_bad_rows: quarantine, max_passage_chars: 50000}
+
+Bad input: by default (``on_bad_rows: error``) the first bad row stops loading with a
+:class:`DatasetError` naming the file, the line and the problem (malformed JSON, non-UTF-8
+bytes, a missing id or text field of the wrong type, a duplicate id, a passage longer than
+``max_passage_chars``, a judgment naming an unknown query or document). With
+``on_bad_rows: quarantine`` each such row is set aside instead, with the same reason, in
+:attr:`LoadedDataset.quarantine` (the corpus asset stores it and an asset check fails when more
+than ``max_quarantine_share`` of the corpus rows were set aside). Empty or whitespace-only
+passages are quarantined under either policy: there is nothing to embed.
 
 Example:
     >>> from retriever_forge.datasets import DatasetSpec, load_dataset
@@ -41,6 +51,8 @@ from retriever_forge import schemas
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATASETS_FILE = PROJECT_ROOT / "datasets.yaml"
 SourceKind = Literal["beir", "files", "ir_datasets", "demo"]
+BAD_ROW_POLICIES = ("error", "quarantine")
+QUARANTINE = {"table": pl.String, "file": pl.String, "line": pl.Int64, "doc_id": pl.String, "reason": pl.String}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -65,6 +77,9 @@ class DatasetSpec:
     text_field: str = "text"
     max_documents: int | None = None  # demo: how many passages to build
     description: str = ""
+    on_bad_rows: str = "error"  # error: stop at the first bad row; quarantine: set it aside with the reason
+    max_passage_chars: int = 100_000  # longer passages are bad rows (never fed whole to a tokenizer)
+    max_quarantine_share: float = 0.05  # corpus asset check: fail above this share of quarantined rows
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -73,6 +88,12 @@ class DatasetSpec:
                 f"dataset name {self.name!r} is not allowed: use letters, digits, '_', '.', '-' "
                 "(it becomes a partition key and a folder name, so it may not contain '/' or '..')"
             )
+        if self.on_bad_rows not in BAD_ROW_POLICIES:
+            raise DatasetError(f"dataset {self.name!r}: on_bad_rows must be one of {BAD_ROW_POLICIES}, not {self.on_bad_rows!r}")
+        if not isinstance(self.max_passage_chars, int) or self.max_passage_chars < 1:
+            raise DatasetError(f"dataset {self.name!r}: max_passage_chars must be a positive integer")
+        if not 0.0 <= float(self.max_quarantine_share) <= 1.0:
+            raise DatasetError(f"dataset {self.name!r}: max_quarantine_share must be between 0 and 1")
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in (None, {}, "")}
@@ -84,7 +105,14 @@ class LoadedDataset:
     corpus: pl.DataFrame
     queries: pl.DataFrame | None = None
     qrels: pl.DataFrame | None = None
-    quarantine: pl.DataFrame | None = None  # rows dropped as unusable, with the reason
+    quarantine: pl.DataFrame | None = None  # rows set aside: table, file, line, doc_id, reason
+
+    @property
+    def corpus_quarantined(self) -> int:
+        """Corpus rows set aside (queries and judgments set aside are in ``quarantine`` too)."""
+        if self.quarantine is None:
+            return 0
+        return self.quarantine.filter(pl.col("table") == "corpus").height
 
     @property
     def has_judgments(self) -> bool:
@@ -165,10 +193,12 @@ def _load_beir(spec: DatasetSpec) -> LoadedDataset:
     queries = qrels = None
     qrels_file = root / "qrels" / f"{spec.split}.tsv"
     if (root / "queries.jsonl").exists() and qrels_file.exists():
+        set_aside: list[dict] = []
         qrels = read_qrels(qrels_file)
-        queries = read_queries(root / "queries.jsonl")
-        qrels = _check_qrels(qrels, queries, corpus, qrels_file)
+        queries = read_queries(root / "queries.jsonl", set_aside if spec.on_bad_rows == "quarantine" else None)
+        qrels = _check_qrels(qrels, queries, corpus, qrels_file, set_aside if spec.on_bad_rows == "quarantine" else None)
         queries = queries.filter(pl.col("query_id").is_in(qrels["query_id"].unique().implode()))
+        quarantine = pl.concat([quarantine, pl.DataFrame(set_aside, schema=QUARANTINE)])
     return LoadedDataset(spec=spec, corpus=corpus, queries=queries, qrels=qrels, quarantine=quarantine)
 
 
@@ -176,14 +206,26 @@ def _load_files(spec: DatasetSpec) -> LoadedDataset:
     if not spec.corpus:
         raise DatasetError(f"dataset {spec.name!r}: source 'files' needs 'corpus' (a .jsonl or .parquet file)")
     corpus, quarantine = read_corpus(Path(spec.corpus), spec)
-    queries = read_queries(Path(spec.queries)) if spec.queries else None
+    set_aside: list[dict] | None = [] if spec.on_bad_rows == "quarantine" else None
+    queries = read_queries(Path(spec.queries), set_aside) if spec.queries else None
     qrels = read_qrels(Path(spec.qrels)) if spec.qrels else None
     if qrels is not None and queries is not None:
-        qrels = _check_qrels(qrels, queries, corpus, Path(spec.qrels))
+        qrels = _check_qrels(qrels, queries, corpus, Path(spec.qrels), set_aside)
+    if set_aside:
+        quarantine = pl.concat([quarantine, pl.DataFrame(set_aside, schema=QUARANTINE)])
     return LoadedDataset(spec=spec, corpus=corpus, queries=queries, qrels=qrels, quarantine=quarantine)
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def _bad_row(table: str, path: Path, lineno: int | None, doc_id: str | None, reason: str, quarantine: list[dict] | None) -> None:
+    """Raise a :class:`DatasetError` for a bad row, or (``quarantine`` given) set the row aside."""
+    if quarantine is None:
+        where = f"{path}:{lineno}" if lineno is not None else str(path)
+        raise DatasetError(f"{where}: {reason}")
+    quarantine.append({"table": table, "file": str(path), "line": lineno, "doc_id": doc_id, "reason": reason})
+
+
+def _read_jsonl(path: Path, quarantine: list[dict] | None = None, table: str = "corpus") -> list[tuple[int, dict]]:
+    """Rows of a JSONL file with their line numbers; bad lines raise, or go to ``quarantine``."""
     rows = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -192,13 +234,16 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DatasetError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+                _bad_row(table, path, lineno, None, f"not valid UTF-8 ({e.reason} at byte {e.start})", quarantine)
+                continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})") from e
+                _bad_row(table, path, lineno, None, f"malformed JSON: {e.msg} (column {e.colno})", quarantine)
+                continue
             if not isinstance(obj, dict):
-                raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                _bad_row(table, path, lineno, None, f"expected a JSON object, got {type(obj).__name__}", quarantine)
+                continue
             rows.append((lineno, obj))
     return rows
 
@@ -206,12 +251,17 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
 def read_corpus(path: Path, spec: DatasetSpec | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read a corpus file (.jsonl or .parquet) into (corpus, quarantine).
 
-    Missing ids and duplicate ids are errors (they would silently corrupt judgments); empty or
-    whitespace-only passages are moved to the quarantine table with the reason.
+    Bad rows — malformed or non-UTF-8 lines, missing ids, duplicate ids (the first one wins),
+    non-string text, passages over ``spec.max_passage_chars`` — raise a :class:`DatasetError`
+    naming the file and line, or with ``spec.on_bad_rows == "quarantine"`` are set aside with the
+    reason. Empty or whitespace-only passages are always set aside.
     """
     id_f = spec.id_field if spec else "_id"
     title_f = spec.title_field if spec else "title"
     text_f = spec.text_field if spec else "text"
+    max_chars = spec.max_passage_chars if spec else DatasetSpec.max_passage_chars
+    quarantined: list[dict] = []
+    strict = None if spec is None or spec.on_bad_rows == "error" else quarantined
     if not path.exists():
         raise DatasetError(f"{path}: not found")
     if path.suffix == ".parquet":
@@ -225,46 +275,64 @@ def read_corpus(path: Path, spec: DatasetSpec | None = None) -> tuple[pl.DataFra
             (i + 2, {id_f: r[id_f], title_f: r.get(title_f), text_f: r[text_f]}) for i, r in enumerate(df.iter_rows(named=True))
         ]
     else:
-        rows = _read_jsonl(path)
-    ids, titles, texts, quarantined = [], [], [], []
+        rows = _read_jsonl(path, strict)
+    ids, titles, texts = [], [], []
     seen: dict[str, int] = {}
     for lineno, obj in rows:
         doc_id = obj.get(id_f, obj.get("doc_id") if id_f == "_id" else None)
         if doc_id is None or str(doc_id).strip() == "":
-            raise DatasetError(f"{path}:{lineno}: missing document id field {id_f!r}")
+            _bad_row("corpus", path, lineno, None, f"missing document id field {id_f!r}", strict)
+            continue
         doc_id = str(doc_id)
         if doc_id in seen:
-            raise DatasetError(f"{path}:{lineno}: duplicate document id {doc_id!r} (first at line {seen[doc_id]})")
+            _bad_row("corpus", path, lineno, doc_id, f"duplicate document id {doc_id!r} (first at line {seen[doc_id]})", strict)
+            continue
         seen[doc_id] = lineno
         text = obj.get(text_f)
         title = obj.get(title_f) or ""
         if text is not None and not isinstance(text, str):
-            raise DatasetError(f"{path}:{lineno}: field {text_f!r} must be a string, got {type(text).__name__}")
-        if not (text or "").strip() and not str(title).strip():
-            quarantined.append({"line": lineno, "doc_id": doc_id, "reason": "empty passage"})
+            _bad_row("corpus", path, lineno, doc_id, f"field {text_f!r} must be a string, got {type(text).__name__}", strict)
+            continue
+        title = str(title)
+        if not (text or "").strip() and not title.strip():
+            quarantined.append({"table": "corpus", "file": str(path), "line": lineno, "doc_id": doc_id, "reason": "empty passage"})
+            continue
+        size = len(text or "") + len(title)
+        if size > max_chars:
+            _bad_row("corpus", path, lineno, doc_id,
+                     f"passage of {size} characters exceeds max_passage_chars={max_chars} "
+                     "(raise max_passage_chars, or set on_bad_rows: quarantine to skip such rows)", strict)  # fmt: skip
             continue
         ids.append(doc_id)
-        titles.append(str(title))
+        titles.append(title)
         texts.append(text or "")
     if not ids:
-        raise DatasetError(f"{path}: no usable passages")
+        raise DatasetError(f"{path}: no usable passages ({len(quarantined)} rows set aside)")
     corpus = pl.DataFrame({"doc_id": ids, "title": titles, "text": texts}, schema=schemas.CORPUS)
-    quarantine = pl.DataFrame(quarantined, schema={"line": pl.Int64, "doc_id": pl.String, "reason": pl.String})
+    quarantine = pl.DataFrame(quarantined, schema=QUARANTINE)
     return corpus, quarantine
 
 
-def read_queries(path: Path) -> pl.DataFrame:
+def read_queries(path: Path, quarantine: list[dict] | None = None) -> pl.DataFrame:
+    """Read queries; bad rows raise, or (``quarantine`` given) are set aside there."""
     if path.suffix == ".parquet":
         df = pl.read_parquet(path)
         id_col = "query_id" if "query_id" in df.columns else "_id"
         return df.select(pl.col(id_col).cast(pl.String).alias("query_id"), pl.col("text").cast(pl.String))
     ids, texts = [], []
-    for lineno, obj in _read_jsonl(path):
+    seen: set[str] = set()
+    for lineno, obj in _read_jsonl(path, quarantine, table="queries"):
         qid = obj.get("_id", obj.get("query_id"))
         if qid is None:
-            raise DatasetError(f"{path}:{lineno}: missing query id field '_id'")
+            _bad_row("queries", path, lineno, None, "missing query id field '_id'", quarantine)
+            continue
         if not isinstance(obj.get("text"), str):
-            raise DatasetError(f"{path}:{lineno}: query {qid!r} has no 'text' string")
+            _bad_row("queries", path, lineno, None, f"query {qid!r} has no 'text' string", quarantine)
+            continue
+        if str(qid) in seen:
+            _bad_row("queries", path, lineno, None, f"duplicate query id {str(qid)!r}", quarantine)
+            continue
+        seen.add(str(qid))
         ids.append(str(qid))
         texts.append(obj["text"])
     return pl.DataFrame({"query_id": ids, "text": texts}, schema=schemas.QUERIES)
@@ -300,20 +368,30 @@ def read_qrels(path: Path) -> pl.DataFrame:
     return pl.DataFrame({"query_id": qids, "doc_id": dids, "relevance": rels}, schema=schemas.QRELS)
 
 
-def _check_qrels(qrels: pl.DataFrame, queries: pl.DataFrame, corpus: pl.DataFrame, path: Path) -> pl.DataFrame:
+def _check_qrels(
+    qrels: pl.DataFrame, queries: pl.DataFrame, corpus: pl.DataFrame, path: Path, quarantine: list[dict] | None = None
+) -> pl.DataFrame:
+    """Judgments must name known queries and documents: raise, or set the others aside."""
     unknown_q = qrels.filter(~pl.col("query_id").is_in(queries["query_id"].implode()))
-    if unknown_q.height:
-        raise DatasetError(
-            f"{path}: {unknown_q.height} judgments name queries missing from queries.jsonl, "
-            f"e.g. {unknown_q['query_id'][0]!r}"
-        )
     unknown_d = qrels.filter(~pl.col("doc_id").is_in(corpus["doc_id"].implode()))
-    if unknown_d.height:
-        raise DatasetError(
-            f"{path}: {unknown_d.height} judgments name documents missing from the corpus, "
-            f"e.g. {unknown_d['doc_id'][0]!r} for query {unknown_d['query_id'][0]!r}"
-        )
-    return qrels
+    if quarantine is None:
+        if unknown_q.height:
+            raise DatasetError(
+                f"{path}: {unknown_q.height} judgments name queries missing from queries.jsonl, "
+                f"e.g. {unknown_q['query_id'][0]!r}"
+            )
+        if unknown_d.height:
+            raise DatasetError(
+                f"{path}: {unknown_d.height} judgments name documents missing from the corpus, "
+                f"e.g. {unknown_d['doc_id'][0]!r} for query {unknown_d['query_id'][0]!r}"
+            )
+        return qrels
+    for q, d in unknown_q.select("query_id", "doc_id").iter_rows():
+        quarantine.append({"table": "qrels", "file": str(path), "line": None, "doc_id": d, "reason": f"judgment names unknown query {q!r}"})
+    known_q = qrels.filter(pl.col("query_id").is_in(queries["query_id"].implode()))
+    for q, d in known_q.filter(~pl.col("doc_id").is_in(corpus["doc_id"].implode())).select("query_id", "doc_id").iter_rows():
+        quarantine.append({"table": "qrels", "file": str(path), "line": None, "doc_id": d, "reason": f"judgment for query {q!r} names unknown document"})
+    return known_q.filter(pl.col("doc_id").is_in(corpus["doc_id"].implode()))
 
 
 def _load_ir_datasets(spec: DatasetSpec) -> LoadedDataset:

@@ -52,7 +52,7 @@ def test_empty_passages_are_quarantined_not_loaded(tmp_path):
         f.write(json.dumps({"_id": "blank", "title": "", "text": "   "}) + "\n")
     ds = load_dataset(DatasetSpec(name="q", path=str(root)))
     assert "blank" not in ds.corpus["doc_id"].to_list()
-    assert ds.quarantine.rows() == [(7, "blank", "empty passage")]
+    assert ds.quarantine.select("line", "doc_id", "reason").rows() == [(7, "blank", "empty passage")]
 
 
 def test_qrels_naming_unknown_documents_fail(tmp_path):

@@ -6,13 +6,17 @@ import polars as pl
 
 from retriever_forge import schemas
 from retriever_forge.assets.common import CODE_VERSION, dataset_partitions, dataset_spec, markdown_table, publish, timed
-from retriever_forge.datasets import DatasetError, load_dataset
+from retriever_forge.datasets import QUARANTINE, DatasetError, load_dataset
+from retriever_forge.provenance import build_manifest
 from retriever_forge.resources import ArtifactStoreResource
 
 CHECKS = [
     dg.AssetCheckSpec("corpus_schema", asset="corpus", blocking=True),
     dg.AssetCheckSpec("corpus_non_empty_unique_ids", asset="corpus", blocking=True),
-]
+    dg.AssetCheckSpec("corpus_quarantine", asset="corpus", blocking=True,
+                      description="Rows set aside as unusable (bad JSON, bad ids, empty or oversized passages) stay "
+                                  "within the dataset's max_quarantine_share; the table of them is stored beside the corpus."),
+]  # fmt: skip
 
 
 @dg.multi_asset(
@@ -42,13 +46,19 @@ def corpus(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResou
         qrels = ds.qrels if ds.qrels is not None else pl.DataFrame(schema=schemas.QRELS)
         queries_ref = store.put_table(queries, "eval_queries")
         qrels_ref = store.put_table(qrels, "eval_qrels")
+        quarantine = ds.quarantine if ds.quarantine is not None else pl.DataFrame(schema=QUARANTINE)
+        quarantine_ref = store.put_table(quarantine, "corpus_quarantine")
+        store.write_manifest(quarantine_ref, build_manifest(
+            quarantine_ref, asset="corpus_quarantine", upstream={}, partition=spec.name, run_id=context.run.run_id,
+            config={"dataset": spec.as_dict()}, rows=quarantine.height))  # fmt: skip
     source = {"dataset": spec.as_dict()}
-    quarantined = ds.quarantine.height if ds.quarantine is not None else 0
+    quarantined = ds.corpus_quarantined
     yield publish(
         context, store, corpus_ref, asset="corpus", upstream={}, timing=t, rows=ds.corpus.height, config=source,
         output_name="corpus",
         metadata={
             "quarantined_rows": quarantined,
+            "quarantine_table": dg.MetadataValue.path(quarantine_ref.payload_uri),
             "mean_words": round(float(ds.corpus["text"].str.split(" ").list.len().mean()), 1),
             "preview": dg.MetadataValue.md(markdown_table(ds.corpus, 5)),
         },
@@ -66,4 +76,17 @@ def corpus(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResou
     yield dg.AssetCheckResult(
         check_name="corpus_non_empty_unique_ids", asset_key="corpus", passed=ds.corpus.height > 0 and dupes == 0,
         metadata={"rows": ds.corpus.height, "duplicate_ids": dupes, "quarantined_rows": quarantined},
+    )  # fmt: skip
+    share = quarantined / max(quarantined + ds.corpus.height, 1)
+    reasons = quarantine.group_by("table", "reason").len().sort("len", descending=True)
+    yield dg.AssetCheckResult(
+        check_name="corpus_quarantine", asset_key="corpus", passed=share <= spec.max_quarantine_share,
+        metadata={
+            "quarantined_corpus_rows": quarantined, "quarantined_share": round(share, 6),
+            "threshold": spec.max_quarantine_share, "policy": spec.on_bad_rows,
+            "quarantined_query_and_judgment_rows": quarantine.height - quarantined,
+            "by_reason": dg.MetadataValue.md(markdown_table(reasons, 20)),
+            "rows": dg.MetadataValue.md(markdown_table(quarantine.select("table", "line", "doc_id", "reason"), 10)),
+            "quarantine_table": dg.MetadataValue.path(quarantine_ref.payload_uri),
+        },
     )  # fmt: skip
