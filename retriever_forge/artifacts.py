@@ -7,7 +7,14 @@ under a path derived from the hash of its content and is never overwritten::
     <root>/artifacts/<kind>/<hash[:2]>/<hash>/manifest.json     (provenance, see provenance.py)
 
 Writing identical content twice stores it once (the second write is a no-op that returns the
-same reference), which is what makes re-materialising an unchanged graph free. The root is a
+same reference), which is what makes re-materialising an unchanged graph free.
+
+Writes are all-or-nothing: the payload is written to a hidden temporary name beside its final
+place and renamed into place only when complete (an atomic rename on a local disk). A write that
+fails — a full disk, an I/O error — removes its temporary files and leaves every stored artifact
+as it was; a process killed mid-write leaves at most a hidden ``.*.tmp`` entry that no reader
+sees (:meth:`ArtifactStore.partial_writes` lists them, :meth:`ArtifactStore.sweep_partial_writes`
+removes old ones) and the next write of the same content publishes it afresh. The root is a
 local folder by default or any fsspec URL (``s3://bucket/prefix``) when ``s3fs``/``gcsfs`` is
 installed; remote artifacts are fetched to a local cache folder before models and indexes are
 loaded.
@@ -25,11 +32,14 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +48,8 @@ import fsspec
 import polars as pl
 
 from retriever_forge.hashing import hash_bytes, hash_file, hash_tree
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TABLE_FILE = "data.parquet"
@@ -99,16 +111,57 @@ class ArtifactStore:
 
     # ------------------------------------------------------------------ writing
 
-    def _publish_bytes(self, data: bytes, kind: str, payload: str, fmt: str) -> ArtifactRef:
-        ref = self._ref(kind, hash_bytes(data), payload, fmt)
+    def _publish(self, ref: ArtifactRef, write_tmp) -> ArtifactRef:
+        """Write the payload with ``write_tmp(tmp_path)`` and rename it into place, all or nothing.
+
+        On any failure (``ENOSPC`` included) the temporary payload is removed, an artifact folder
+        left empty is removed too, and the exception propagates with a note naming the artifact.
+        """
         if self.fs.exists(ref.payload_uri):
             return ref  # same content already stored: write-once means nothing to do
-        self.fs.makedirs(ref.uri, exist_ok=True)
-        tmp = f"{ref.uri}/.{payload}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, ref.payload_uri)  # atomic rename locally: no half-written artifact is visible
+        folder = ref.format == "folder"
+        tmp = f"{ref.uri}/.{ref.payload}.{uuid.uuid4().hex}.tmp"
+        try:
+            self.fs.makedirs(ref.uri, exist_ok=True)
+            write_tmp(tmp)
+            self._commit(tmp, ref.payload_uri, folder)
+        except BaseException as exc:
+            self._discard(tmp, ref.uri)
+            if isinstance(exc, Exception):
+                exc.add_note(f"while writing artifact {ref.kind}/{ref.hash}: nothing was published, stored artifacts are unchanged")
+            raise
         return ref
+
+    def _commit(self, tmp: str, final: str, folder: bool) -> None:
+        """Rename a complete temporary payload into place (atomic on a local disk)."""
+        if not self.is_local:
+            self.fs.mv(tmp, final, recursive=folder)
+            return
+        if not folder:
+            os.replace(tmp, final)  # same bytes as any concurrent writer's: replacing is harmless
+            return
+        try:
+            os.rename(tmp, final)  # never moves *into* an existing folder, unlike shutil.move
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not os.path.isdir(final):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer published the same content first
+
+    def _discard(self, tmp: str, artifact_dir: str) -> None:
+        try:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp, recursive=True)
+            if self.fs.exists(artifact_dir) and not self.fs.ls(artifact_dir):
+                self.fs.rmdir(artifact_dir)
+        except OSError as exc:  # cleanup is best effort: the temporary name is invisible to readers anyway
+            log.warning("could not remove the partial write %s: %s", tmp, exc)
+
+    def _publish_bytes(self, data: bytes, kind: str, payload: str, fmt: str) -> ArtifactRef:
+        def write(tmp: str) -> None:
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+
+        return self._publish(self._ref(kind, hash_bytes(data), payload, fmt), write)
 
     def put_table(self, df: pl.DataFrame, kind: str) -> ArtifactRef:
         """Store a table as Parquet; its hash is the hash of the Parquet bytes (deterministic)."""
@@ -122,27 +175,19 @@ class ArtifactStore:
 
     def put_file(self, path: str | os.PathLike, kind: str) -> ArtifactRef:
         path = Path(path)
-        ref = self._ref(kind, hash_file(path), path.name, "file")
-        if not self.fs.exists(ref.payload_uri):
-            self.fs.makedirs(ref.uri, exist_ok=True)
-            tmp = f"{ref.uri}/.{path.name}.{uuid.uuid4().hex}.tmp"
-            self.fs.put_file(str(path), tmp)
-            self.fs.mv(tmp, ref.payload_uri)
-        return ref
+        return self._publish(self._ref(kind, hash_file(path), path.name, "file"), lambda tmp: self.fs.put_file(str(path), tmp))
 
     def put_folder(self, folder: str | os.PathLike, kind: str, payload: str = "model") -> ArtifactRef:
         """Store a folder (a model); its hash covers every file's relative path and bytes."""
         folder = Path(folder)
-        ref = self._ref(kind, hash_tree(folder), payload, "folder")
-        if not self.fs.exists(ref.payload_uri):
-            self.fs.makedirs(ref.uri, exist_ok=True)
-            tmp = f"{ref.uri}/.{payload}.{uuid.uuid4().hex}.tmp"
+
+        def write(tmp: str) -> None:
             if self.is_local:
                 shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(".cache", "checkpoints"))
             else:
                 self.fs.put(str(folder), tmp, recursive=True)
-            self.fs.mv(tmp, ref.payload_uri, recursive=True)
-        return ref
+
+        return self._publish(self._ref(kind, hash_tree(folder), payload, "folder"), write)
 
     def write_manifest(self, ref: ArtifactRef, manifest: dict) -> bool:
         """Write the artifact's provenance once; returns False if one was already recorded.
@@ -152,10 +197,14 @@ class ArtifactStore:
         path = f"{ref.uri}/{MANIFEST}"
         if self.fs.exists(path):
             return False
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open(tmp, "w") as f:
-            json.dump(manifest, f, sort_keys=True, indent=1, default=str)
-        self.fs.mv(tmp, path)
+        tmp = f"{ref.uri}/.{MANIFEST}.{uuid.uuid4().hex}.tmp"
+        try:
+            with self.fs.open(tmp, "w") as f:
+                json.dump(manifest, f, sort_keys=True, indent=1, default=str)
+            self._commit(tmp, path, folder=False)
+        except BaseException:
+            self._discard(tmp, ref.uri)
+            raise
         return True
 
     # ------------------------------------------------------------------ reading
@@ -196,6 +245,26 @@ class ArtifactStore:
             with self.fs.open(manifest_path, "r") as f:
                 m = json.load(f)
             yield self._ref(m["kind"], m["content_hash"], m["payload"], m["format"]), m
+
+    def partial_writes(self) -> list[str]:
+        """Temporary entries left by writers that were killed mid-write (invisible to readers)."""
+        base = f"{self._root_path}/artifacts"
+        if not self.fs.exists(base):
+            return []
+        return sorted(self.fs.glob(f"{base}/*/*/*/.*.tmp"))
+
+    def sweep_partial_writes(self, min_age_s: float = 3600.0) -> list[str]:
+        """Remove :meth:`partial_writes` older than ``min_age_s`` (younger ones may be in progress)."""
+        removed = []
+        for path in self.partial_writes():
+            try:
+                modified = self.fs.modified(path).timestamp()
+            except (NotImplementedError, FileNotFoundError, AttributeError):
+                continue
+            if time.time() - modified >= min_age_s:
+                self.fs.rm(path, recursive=True)
+                removed.append(path)
+        return removed
 
     def find(self, content_hash_prefix: str) -> list[tuple[ArtifactRef, dict]]:
         return [(r, m) for r, m in self.iter_refs() if r.hash.startswith(content_hash_prefix)]
