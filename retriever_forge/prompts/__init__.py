@@ -17,12 +17,14 @@ Example:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from retriever_forge.hashing import hash_text
 
 PROMPTS_DIR = Path(__file__).resolve().parent
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,15 @@ class PromptTemplate:
     chat: bool = True  # False: a completion prompt, sent without the chat template
 
     def render(self, **fields: str) -> str:
-        # str.replace rather than str.format: passages contain braces.
-        out = self.text
-        for key, value in fields.items():
-            out = out.replace("{" + key + "}", value)
-        return out
+        r"""The template with each ``{name}`` placeholder replaced by ``fields[name]``.
+
+        One pass over the template (not ``str.format``: passages contain braces), so inserted
+        text is never scanned again: a query that reads ``{passage}`` stays literal text.
+
+        >>> PromptTemplate("t", "Q: {query}\nP: {passage}", "").render(query="{passage}?", passage="p {x}")
+        'Q: {passage}?\nP: p {x}'
+        """
+        return _PLACEHOLDER.sub(lambda m: fields.get(m.group(1), m.group(0)), self.text)
 
     def as_record(self) -> dict:
         return {"id": self.id, "hash": self.hash, "format": "chat" if self.chat else "completion"}

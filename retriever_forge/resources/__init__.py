@@ -38,7 +38,11 @@ class ArtifactStoreResource(dg.ConfigurableResource):
         return path
 
     def scratch(self, *parts: str) -> Path:
-        path = Path(self.work_dir).joinpath(*parts)
+        """A folder under ``work_dir``; parts that would lead outside it (``..``, absolute) are refused."""
+        root = Path(self.work_dir).resolve()
+        path = root.joinpath(*parts).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"scratch folder {'/'.join(parts)!r} would lie outside the work dir {root}")
         path.mkdir(parents=True, exist_ok=True)
         return path
 

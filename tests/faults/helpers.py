@@ -175,3 +175,30 @@ def run_training(tiny_model: str, workdir: Path, store_root: Path, progress=None
     cfg = TrainingConfig(epochs=2, checkpoint_every_steps=2, eval_every_steps=3, **FAST)
     result = train_encoder(tiny_model, _examples(3, 1), Path(workdir) / "training", cfg, progress=progress)
     return ArtifactStore(store_root).put_folder(result.model_dir, "fine_tuned_encoder"), result
+
+
+class FakeServedModel:
+    """What :class:`tests.llm.openai_server.OpenAITestServer` needs from a model, answering like
+    :class:`HashLLM`, so server-side faults are tested in milliseconds without loading weights."""
+
+    model_id = "fake-served-model"
+
+    def variant(self, chat_template: bool = True) -> FakeServedModel:
+        return self
+
+    def render_prompt(self, prompt: str) -> str:
+        return prompt
+
+    def tokenizer(self, text: str) -> dict:
+        return {"input_ids": text.split()}
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        return [Generation(HashLLM.answer(p), len(p.split()), 5) for p in prompts]
+
+    def next_token_logprobs(self, prompts: list[str], top_k: int = 20) -> list[list[tuple[int, str, float]]]:
+        rows = []
+        for p in prompts:
+            h = int(hash_text(p)[:8], 16)
+            raw = sorted(((-(1.0 + ((h >> (4 * i)) & 0xF)), str(i)) for i in range(4)), reverse=True)
+            rows.append([(i, text, lp) for i, (lp, text) in enumerate(raw)][:top_k])
+        return rows
