@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint ui clean vllm-env test-vllm
+.PHONY: setup demo test test-faults lint ui clean vllm-env test-vllm
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ demo: setup  ## set up, then materialize the whole graph on the offline demo dat
 
 test: setup  ## the test suite (unit, doctests, the full graph on the demo)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-faults: setup  ## only the fault-injection suite (kills, full disk, flaky server, bad input, secrets)
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 vllm-env:  ## vLLM for CPU in its own virtualenv (.venv-vllm): it pins its own torch/transformers
 	bash scripts/setup_vllm_env.sh

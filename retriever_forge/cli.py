@@ -109,6 +109,9 @@ def cmd_verify(args) -> int:
         for r in bad:
             print(f"MISMATCH {r['asset']} {r['hash'][:16]} -> {str(r['actual'])[:16]} at {r['path']}")
         print(f"{len(results) - len(bad)} artifacts ok, {len(bad)} corrupted or missing")
+        partial = _store(args).partial_writes()
+        if partial:  # left by killed writers; never read as artifacts
+            print(f"{len(partial)} unfinished writes (hidden temporary files of killed runs; safe to delete), e.g. {partial[0]}")
     return 1 if bad else 0
 
 

@@ -109,8 +109,10 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path, ti
     assert hash_file(store.local_path(ref) / "model.safetensors") == hash_file(straight.model_dir / "model.safetensors")
 
 
-def test_verify_passes_after_every_kill_and_rerun(tmp_path):
-    """The manifests written after a rerun describe artifacts whose bytes match their hashes."""
+def test_verify_passes_after_every_kill_and_rerun(tmp_path, capsys):
+    """The manifests written after a rerun describe artifacts whose bytes match their hashes;
+    ``retriever-forge verify`` reports the killed writer's leftover as unfinished, not corrupt."""
+    from retriever_forge.cli import main
     from retriever_forge.provenance import build_manifest
 
     work = tmp_path / "killed"
@@ -121,3 +123,6 @@ def test_verify_passes_after_every_kill_and_rerun(tmp_path):
     store.write_manifest(ref, build_manifest(ref, asset="hard_negatives", upstream={}))
     assert [r["ok"] for r in verify(store)] == [True]
     assert isinstance(store.read_table(ref), pl.DataFrame)
+    assert main(["verify", "--home", str(work / "store")]) == 0
+    out = capsys.readouterr().out
+    assert "1 artifacts ok, 0 corrupted or missing" in out and "1 unfinished writes" in out
