@@ -58,7 +58,8 @@ class Encoder:
 
     @property
     def dimension(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get())
 
 
 def model_folder_hash(path: str) -> str:
@@ -94,43 +95,146 @@ def _hub_snapshot_folder(model) -> str | None:
         return None
 
 
-def encode(encoder: Encoder, texts: list[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+def _token_lengths(model, texts: list[str]) -> np.ndarray | None:
+    """Exact token counts (truncated to the model's max length) from one fast-tokenizer pass.
+
+    ``None`` when the model has no text tokenizer (the caller falls back to character counts).
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    limit = int(model.max_seq_length or 512)
+    lengths = np.empty(len(texts), dtype=np.int64)
+    for s in range(0, len(texts), 8192):  # bounded: token ids of one block at a time
+        ids = tokenizer(texts[s : s + 8192], add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
+        lengths[s : s + len(ids)] = [len(x) for x in ids]
+    return lengths
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped into batches of similar length, longest first.
+
+    Sorting by exact token count (sentence-transformers sorts by character count) means a batch
+    pads only to its own longest member; longest-first puts the biggest allocation up front.
+
+    >>> [b.tolist() for b in length_sorted_batches(np.array([3, 9, 1, 7]), 2)]
+    [[1, 3], [0, 2]]
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def encode(
+    encoder: Encoder,
+    texts: list[str],
+    batch_size: int = 64,
+    show_progress: bool = False,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Encode texts into L2-normalised float32 vectors (inner product == cosine).
 
-    sentence-transformers sorts texts by length before batching, so padding waste stays low.
+    Batches are formed by exact token length (one fast-tokenizer pass), run under
+    ``torch.inference_mode`` through the model's own modules (so any pooling/normalisation the
+    model folder defines applies), and each batch is written straight into ``out`` — a
+    preallocated array or an ``np.memmap`` — so at most one batch of activations and the output
+    rows exist at a time, never a list of per-text vectors plus their stacked copy.
     """
+    import torch
+
+    model = encoder.model
+    dim = encoder.dimension
+    if out is None:
+        out = np.empty((len(texts), dim), dtype=np.float32)
+    if out.shape != (len(texts), dim):
+        raise ValueError(f"out has shape {out.shape}, expected {(len(texts), dim)}")
     if not texts:
-        return np.zeros((0, encoder.dimension), dtype=np.float32)
-    emb = encoder.model.encode(
-        texts,
-        batch_size=batch_size,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
-        show_progress_bar=show_progress,
-    )
-    return np.ascontiguousarray(emb, dtype=np.float32)
+        return out
+    lengths = _token_lengths(model, texts)
+    if lengths is None:
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    batches = length_sorted_batches(lengths, batch_size)
+    device = model.device
+    model.eval()
+    progress = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=len(texts), desc="encode", unit="text")
+    with torch.inference_mode():
+        for rows in batches:
+            features = model.preprocess([texts[i] for i in rows])
+            features = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in features.items()}
+            emb = model(features)["sentence_embedding"].float()
+            emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+            out[rows] = emb.cpu().numpy()
+            if progress is not None:
+                progress.update(len(rows))
+    if progress is not None:
+        progress.close()
+    return out
+
+
+def _digests(texts: list[str]) -> np.ndarray:
+    """16-byte SHA-256 prefixes of the texts (the per-text cache key), as an ``S16`` array."""
+    import hashlib
+
+    return np.array([hashlib.sha256(t.encode("utf-8")).digest()[:16] for t in texts], dtype="S16")
 
 
 def encode_cached(
     encoder: Encoder, texts: list[str], cache_dir: str | Path | None, batch_size: int = 64, show_progress: bool = False
 ) -> np.ndarray:
-    """:func:`encode`, memoised on disk by (weights hash, texts hash).
+    """:func:`encode`, memoised on disk by (weights hash, texts); returns a read-only memmap.
 
     The corpus is encoded by the same base encoder for the round-trip filter, the judge's
     candidates, mining and the base benchmark: this makes it one encoding, not four. Files are
-    plain ``.npy`` (loaded with ``allow_pickle=False``), memory-mapped on read.
+    plain ``.npy`` (loaded with ``allow_pickle=False``), memory-mapped on read, so a corpus's
+    embeddings live in the page cache rather than twice in the process.
+
+    Unchanged texts are never re-encoded: each cached array has a ``.keys.npy`` beside it with
+    one digest per row, and a new text list (a corpus with passages added, edited or removed)
+    copies the rows it shares with earlier arrays and encodes only the rest, straight into the
+    new memory-mapped file.
     """
     if cache_dir is None:
         return encode(encoder, texts, batch_size=batch_size, show_progress=show_progress)
-    from retriever_forge.hashing import hash_text
+    from retriever_forge.hashing import hash_bytes
 
-    key = hash_text(encoder.weights_hash + "\0" + "\0".join(hash_text(t) for t in texts))
-    path = Path(cache_dir) / encoder.weights_hash[:16] / f"{key}.npy"
+    digests = _digests(texts)
+    key = hash_bytes(encoder.weights_hash.encode() + b"\0" + digests.tobytes())
+    folder = Path(cache_dir) / encoder.weights_hash[:16]
+    path = folder / f"{key}.npy"
     if path.exists():
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    emb = encode(encoder, texts, batch_size=batch_size, show_progress=show_progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, emb, allow_pickle=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), encoder.dimension))
+    todo = np.ones(len(texts), dtype=bool)
+    for keys_file in sorted(folder.glob("*.keys.npy"), key=lambda p: -p.stat().st_mtime):
+        if not todo.any():
+            break
+        old_keys = np.load(keys_file, allow_pickle=False)
+        old = folder / keys_file.name.replace(".keys.npy", ".npy")
+        if not old.exists() or len(old_keys) == 0:
+            continue
+        order = np.argsort(old_keys)
+        pos = np.searchsorted(old_keys, digests, sorter=order).clip(0, len(old_keys) - 1)
+        hit = todo & (old_keys[order[pos]] == digests)
+        if hit.any():
+            rows = np.flatnonzero(hit)
+            out[rows] = np.load(old, mmap_mode="r", allow_pickle=False)[order[pos[rows]]]
+            todo &= ~hit
+    missing = np.flatnonzero(todo)
+    if len(missing):
+        log.info("encoding %d of %d texts (%d reused from the cache)", len(missing), len(texts), len(texts) - len(missing))
+        if len(missing) == len(texts):  # nothing reused: encode straight into the file
+            encode(encoder, texts, batch_size=batch_size, show_progress=show_progress, out=out)
+        else:
+            out[missing] = encode(encoder, [texts[i] for i in missing], batch_size=batch_size, show_progress=show_progress)
+    out.flush()
+    del out
+    keys_tmp = folder / f"{key}.{os.getpid()}.tmp.keys.npy"
+    np.save(keys_tmp, digests, allow_pickle=False)
     os.replace(tmp, path)
-    return emb
+    os.replace(keys_tmp, folder / f"{key}.keys.npy")  # written last: an array without keys is never a source
+    return np.load(path, mmap_mode="r", allow_pickle=False)

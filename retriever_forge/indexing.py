@@ -1,8 +1,16 @@
 """The corpus index: a FAISS index file plus the doc ids its rows stand for.
 
 Small corpora get an exact ``IndexFlatIP``; above ``exact_max_docs`` (or when asked) an HNSW
-or IVF index trades a little recall for speed. The folder holds only FAISS's own file format
-and JSON — no pickles.
+or IVF index trades a little recall for speed, and IVF-PQ compresses each vector to
+``pq_m`` bytes for corpora whose float32 vectors do not fit in memory. The folder holds only
+FAISS's own file formats and JSON — no pickles.
+
+Building streams the embeddings: an index is trained on a seeded sample and vectors are added
+``chunk_rows`` at a time, so a memory-mapped ``.npy`` of any size is never copied whole.
+:func:`build_sharded_index` goes further for corpora beyond one machine's memory: each shard
+of rows is added to a copy of one trained IVF index (shards can be built anywhere, e.g. one
+Kubernetes job each), and the shards' inverted lists are merged into one on-disk file
+(``faiss.contrib.ondisk``) that search memory-maps.
 
 Example:
     >>> import numpy as np, tempfile
@@ -18,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +37,8 @@ from retriever_forge.search import hits_to_run
 INDEX_FILE = "index.faiss"
 IDS_FILE = "doc_ids.json"
 META_FILE = "meta.json"
+IVFDATA_FILE = "index.ivfdata"
+INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 
 
 @dataclass
@@ -37,49 +48,271 @@ class CorpusIndex:
     meta: dict
 
 
-def make_index(dimension: int, n: int, index_type: str = "auto", exact_max_docs: int = 200_000, hnsw_m: int = 32):
+@dataclass
+class IndexParams:
+    """Knobs of the approximate indexes; ``None`` means "derived from the corpus size".
+
+    Defaults come from ``bench/index.py`` (recall@100 against exact search of at least 0.95
+    for HNSW and IVF on msmarco-5k, cacm and a synthetic 100k corpus).
+    """
+
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 256
+    nlist: int | None = None  # IVF lists: 4 * sqrt(n), at least 39 training points each
+    nprobe: int | None = None  # lists visited per query: nlist / 4, at least 16
+    pq_m: int | None = None  # IVF-PQ bytes per vector: dimension / 8 (must divide it)
+    pq_bits: int = 8
+    train_rows: int | None = None  # training sample: 256 points per list (FAISS's own maximum)
+    # Calibration: after building, nprobe (IVF) / efSearch (HNSW) grows (x1.5 per try) until the
+    # index's recall@calibration_k of exact search reaches target_recall (None: keep the values
+    # above), on real query embeddings when the caller has them, else on sampled corpus rows.
+    # Corpus rows are easier queries than real ones (each sits inside its own cluster: on
+    # synthetic-2000, 0.987 for them was 0.916 for pseudo-queries), hence the 0.99 default.
+    target_recall: float | None = 0.99
+    calibration_k: int = 100
+    calibration_queries: int = 256
+    seed: int = 0
+
+    def resolved_nlist(self, n: int) -> int:
+        return self.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+    def resolved_nprobe(self, nlist: int) -> int:
+        return min(nlist, self.nprobe or max(16, nlist // 4))
+
+
+def resolve_index_type(n: int, index_type: str = "auto", exact_max_docs: int = 200_000) -> str:
+    if index_type == "auto":
+        return "flat" if n <= exact_max_docs else "hnsw"
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"unknown index_type {index_type!r} ({', '.join(INDEX_TYPES)}, auto)")
+    return index_type
+
+
+def make_index(dimension: int, n: int, index_type: str = "auto", exact_max_docs: int = 200_000, hnsw_m: int = 32,
+               params: IndexParams | None = None):  # fmt: skip
+    """An empty (untrained) inner-product index for ``n`` vectors, and its resolved type."""
     import faiss
 
-    if index_type == "auto":
-        index_type = "flat" if n <= exact_max_docs else "hnsw"
-    if index_type == "flat":
-        return faiss.IndexFlatIP(dimension), "flat"
-    if index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(dimension, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 200
-        index.hnsw.efSearch = 256
-        return index, "hnsw"
-    if index_type == "ivf":
-        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
-        quantizer = faiss.IndexFlatIP(dimension)
+    p = params or IndexParams(hnsw_m=hnsw_m)
+    kind = resolve_index_type(n, index_type, exact_max_docs)
+    if kind == "flat":
+        return faiss.IndexFlatIP(dimension), kind
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dimension, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = p.ef_construction
+        index.hnsw.efSearch = p.ef_search
+        return index, kind
+    nlist = p.resolved_nlist(n)
+    quantizer = faiss.IndexFlatIP(dimension)
+    if kind == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.nprobe = max(1, nlist // 8)
-        return index, "ivf"
-    raise ValueError(f"unknown index_type {index_type!r} (flat, hnsw, ivf, auto)")
+    else:
+        pq_m = p.pq_m or max(1, dimension // 8)
+        if dimension % pq_m:
+            raise ValueError(f"pq_m={pq_m} must divide the dimension {dimension}")
+        index = faiss.IndexIVFPQ(quantizer, dimension, nlist, pq_m, p.pq_bits, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = p.seed
+    index.nprobe = p.resolved_nprobe(nlist)
+    return index, kind
+
+
+def _training_sample(embeddings: np.ndarray, rows: int, seed: int) -> np.ndarray:
+    n = embeddings.shape[0]
+    if n <= rows:
+        return np.ascontiguousarray(embeddings, dtype=np.float32)
+    pick = np.sort(np.random.default_rng(seed).choice(n, rows, replace=False))  # sorted: sequential reads of a memmap
+    return np.ascontiguousarray(embeddings[pick], dtype=np.float32)
+
+
+def train_index(index, embeddings: np.ndarray, params: IndexParams | None = None) -> None:
+    """Train ``index`` (if it needs it) on a seeded sample of ``embeddings``."""
+    if index.is_trained:
+        return
+    p = params or IndexParams()
+    nlist = getattr(index, "nlist", 1)
+    rows = p.train_rows or max(nlist * 256, 10_000 if hasattr(index, "pq") else 0)
+    index.train(_training_sample(embeddings, rows, p.seed))
+
+
+def add_in_chunks(index, embeddings: np.ndarray, chunk_rows: int = 65_536, start: int = 0, stop: int | None = None) -> None:
+    """Add rows ``start:stop`` of ``embeddings`` (array or memmap) ``chunk_rows`` at a time."""
+    stop = embeddings.shape[0] if stop is None else stop
+    for s in range(start, stop, chunk_rows):
+        index.add(np.ascontiguousarray(embeddings[s : min(s + chunk_rows, stop)], dtype=np.float32))
+
+
+def build_index(embeddings: np.ndarray, index_type: str = "auto", exact_max_docs: int = 200_000, params: IndexParams | None = None,
+                chunk_rows: int = 65_536, calibration_queries: np.ndarray | None = None):  # fmt: skip
+    """A trained, filled (and calibrated) index over ``embeddings`` and its resolved type."""
+    p = params or IndexParams()
+    index, kind = make_index(embeddings.shape[1], embeddings.shape[0], index_type, exact_max_docs, params=p)
+    train_index(index, embeddings, p)
+    add_in_chunks(index, embeddings, chunk_rows)
+    if kind != "flat" and p.target_recall is not None:
+        calibrate(index, embeddings, p, calibration_queries)
+    return index, kind
+
+
+def calibrate(index, embeddings: np.ndarray, params: IndexParams | None = None, queries: np.ndarray | None = None) -> float:
+    """Raise ``nprobe`` (IVF) or ``efSearch`` (HNSW) until recall@k of exact search reaches the
+    target on ``queries`` (default: a seeded sample of corpus rows); returns the recall reached.
+
+    The knob grows by half each try, so this costs a few searches of a few hundred queries.
+    IVF-PQ's recall is also bounded by its quantisation: it stops at ``nprobe == nlist``.
+    """
+    import faiss
+
+    p = params or IndexParams()
+    n = embeddings.shape[0]
+    k = min(p.calibration_k, n)
+    if queries is None:
+        queries = _training_sample(embeddings, min(p.calibration_queries, n), p.seed + 1)
+    else:
+        pick = np.random.default_rng(p.seed + 1).permutation(len(queries))[: p.calibration_queries]
+        queries = np.ascontiguousarray(np.asarray(queries)[np.sort(pick)], dtype=np.float32)
+    exact = faiss.IndexFlatIP(embeddings.shape[1])
+    add_in_chunks(exact, embeddings)
+    _, truth = exact.search(queries, k)
+    del exact
+
+    def recall() -> float:
+        _, got = index.search(queries, k)
+        return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(got, truth, strict=True)]))
+
+    hnsw = getattr(index, "hnsw", None)
+    if hnsw is not None:
+        hnsw.efSearch = max(hnsw.efSearch, k)
+        r = recall()
+        while r < p.target_recall and hnsw.efSearch < 4096:
+            hnsw.efSearch = math.ceil(hnsw.efSearch * 1.5)
+            r = recall()
+        return r
+    r = recall()
+    while r < p.target_recall and index.nprobe < index.nlist:
+        index.nprobe = min(index.nlist, math.ceil(index.nprobe * 1.5))
+        r = recall()
+    return r
+
+
+def _meta(index, kind: str, params: IndexParams, **extra) -> dict:
+    meta = {"index_type": kind, "dimension": int(index.d), "vectors": int(index.ntotal), "metric": "inner_product", **extra}
+    if kind in ("ivf", "ivfpq"):
+        meta["nlist"] = int(index.nlist)
+        meta["nprobe"] = int(index.nprobe)
+    if kind == "ivfpq":
+        meta["pq_m"] = int(index.pq.M)
+        meta["pq_bits"] = int(index.pq.nbits)
+    if kind == "hnsw":
+        meta["ef_search"] = int(index.hnsw.efSearch)
+        meta["hnsw_m"] = params.hnsw_m
+    return meta
 
 
 def build_corpus_index(
-    embeddings: np.ndarray, doc_ids: list[str], folder: Path, index_type: str = "auto", exact_max_docs: int = 200_000
+    embeddings: np.ndarray,
+    doc_ids: list[str],
+    folder: Path,
+    index_type: str = "auto",
+    exact_max_docs: int = 200_000,
+    params: IndexParams | None = None,
 ) -> dict:
     """Build and write the index into ``folder``; returns its meta record."""
     import faiss
 
     if embeddings.shape[0] != len(doc_ids):
         raise ValueError(f"{embeddings.shape[0]} embeddings for {len(doc_ids)} doc ids")
-    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    index, kind = make_index(emb.shape[1], emb.shape[0], index_type, exact_max_docs)
-    if not index.is_trained:
-        index.train(emb)
-    index.add(emb)
+    p = params or IndexParams()
+    index, kind = build_index(embeddings, index_type, exact_max_docs, p)
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(folder / INDEX_FILE))
     (folder / IDS_FILE).write_text(json.dumps(doc_ids))
-    meta = {"index_type": kind, "dimension": int(emb.shape[1]), "vectors": int(emb.shape[0]), "metric": "inner_product"}
-    if kind == "ivf":
-        meta["nprobe"] = int(index.nprobe)
-    if kind == "hnsw":
-        meta["ef_search"] = int(index.hnsw.efSearch)
+    meta = _meta(index, kind, p)
     (folder / META_FILE).write_text(json.dumps(meta, sort_keys=True))
+    return meta
+
+
+def shard_ranges(n: int, shards: int) -> list[tuple[int, int]]:
+    """``shards`` contiguous, near-equal row ranges covering ``0..n``.
+
+    >>> shard_ranges(10, 3)
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    shards = max(1, min(shards, n)) if n else 1
+    bounds = [(i * n + shards - 1) // shards for i in range(shards + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(shards)]
+
+
+def train_sharded(embeddings: np.ndarray, folder: Path, index_type: str = "ivfpq", params: IndexParams | None = None) -> Path:
+    """Step 1 of a sharded build: train an empty IVF / IVF-PQ index and write it (``trained.faiss``)."""
+    import faiss
+
+    if index_type not in ("ivf", "ivfpq"):
+        raise ValueError("sharded indexes are IVF or IVF-PQ (their inverted lists can be merged on disk)")
+    p = params or IndexParams()
+    index, _ = make_index(embeddings.shape[1], embeddings.shape[0], index_type, params=p)
+    train_index(index, embeddings, p)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "trained.faiss"
+    faiss.write_index(index, str(path))
+    return path
+
+
+def build_shard(trained: Path, embeddings: np.ndarray, start: int, stop: int, out: Path, chunk_rows: int = 65_536) -> Path:
+    """Step 2 (one per shard, on any machine): add rows ``start:stop`` to a copy of the trained
+    index, with their global row numbers as ids, and write it to ``out``."""
+    import faiss
+
+    index = faiss.read_index(str(trained))
+    for s in range(start, stop, chunk_rows):
+        e = min(s + chunk_rows, stop)
+        index.add_with_ids(np.ascontiguousarray(embeddings[s:e], dtype=np.float32), np.arange(s, e, dtype=np.int64))
+    faiss.write_index(index, str(out))
+    return Path(out)
+
+
+def merge_shards(trained: Path, shard_files: list[Path], doc_ids: list[str], folder: Path, index_type: str = "ivfpq") -> dict:
+    """Step 3: merge the shards' inverted lists into one on-disk file beside the index.
+
+    The result loads with :func:`load_corpus_index`; its inverted lists stay on disk
+    (memory-mapped), so resident memory is the coarse quantiser plus the pages a search touches.
+    """
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    folder = Path(folder)
+    index = faiss.read_index(str(trained))
+    merge_ondisk(index, [str(s) for s in shard_files], str(folder / IVFDATA_FILE))
+    if index.ntotal != len(doc_ids):
+        raise ValueError(f"merged {index.ntotal} vectors for {len(doc_ids)} doc ids")
+    faiss.write_index(index, str(folder / INDEX_FILE))
+    (folder / IDS_FILE).write_text(json.dumps(doc_ids))
+    meta = _meta(index, index_type, IndexParams(), shards=len(shard_files), on_disk=True)
+    (folder / META_FILE).write_text(json.dumps(meta, sort_keys=True))
+    return meta
+
+
+def build_sharded_index(embeddings: np.ndarray, doc_ids: list[str], folder: Path, shards: int = 4, index_type: str = "ivfpq",
+                        params: IndexParams | None = None, chunk_rows: int = 65_536) -> dict:  # fmt: skip
+    """Train, build every shard and merge, in one process (the three steps above).
+
+    Across machines, run :func:`train_sharded` once, :func:`build_shard` per shard (each reads
+    only its rows of the embeddings file), then :func:`merge_shards`.
+    """
+    if embeddings.shape[0] != len(doc_ids):
+        raise ValueError(f"{embeddings.shape[0]} embeddings for {len(doc_ids)} doc ids")
+    folder = Path(folder)
+    work = folder / "shards"
+    work.mkdir(parents=True, exist_ok=True)
+    trained = train_sharded(embeddings, work, index_type, params)
+    files = [build_shard(trained, embeddings, s, e, work / f"shard-{i:04d}.faiss", chunk_rows)
+             for i, (s, e) in enumerate(shard_ranges(embeddings.shape[0], shards))]  # fmt: skip
+    meta = merge_shards(trained, files, doc_ids, folder, index_type)
+    for f in [trained, *files]:
+        f.unlink()
+    work.rmdir()
     return meta
 
 
@@ -87,16 +320,30 @@ def load_corpus_index(folder: Path) -> CorpusIndex:
     import faiss
 
     folder = Path(folder)
-    index = faiss.read_index(str(folder / INDEX_FILE))
     meta = json.loads((folder / META_FILE).read_text())
-    if meta.get("index_type") == "ivf":
+    # On-disk inverted lists are found beside the index file wherever the folder now lives.
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if meta.get("on_disk") else 0
+    index = faiss.read_index(str(folder / INDEX_FILE), flags)
+    if meta.get("index_type") in ("ivf", "ivfpq"):
         index.nprobe = meta.get("nprobe", 1)
     if meta.get("index_type") == "hnsw":
         index.hnsw.efSearch = meta.get("ef_search", 256)
     return CorpusIndex(index=index, doc_ids=json.loads((folder / IDS_FILE).read_text()), meta=meta)
 
 
-def search_corpus_index(index: CorpusIndex, query_embeddings: np.ndarray, query_ids: list[str], k: int = 100) -> dict[str, dict[str, float]]:
+def search_corpus_index(
+    index: CorpusIndex, query_embeddings: np.ndarray, query_ids: list[str], k: int = 100, chunk_size: int = 4096
+) -> dict[str, dict[str, float]]:
+    """Top-``k`` doc ids per query; queries are searched ``chunk_size`` at a time."""
     k = min(k, len(index.doc_ids))
-    scores, idx = index.index.search(np.ascontiguousarray(query_embeddings, dtype=np.float32), k)
+    hnsw = getattr(index.index, "hnsw", None)
+    if hnsw is not None and hnsw.efSearch < k:
+        hnsw.efSearch = k  # HNSW cannot return more results than its beam holds
+    n = len(query_ids)
+    scores = np.empty((n, k), dtype=np.float32)
+    idx = np.empty((n, k), dtype=np.int64)
+    for s in range(0, n, chunk_size):
+        scores[s : s + chunk_size], idx[s : s + chunk_size] = index.index.search(
+            np.ascontiguousarray(query_embeddings[s : s + chunk_size], dtype=np.float32), k
+        )
     return hits_to_run(scores, idx, query_ids, index.doc_ids)

@@ -33,6 +33,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -297,7 +298,8 @@ def mine_hard_negatives(
     bm25: BM25Search | tuple[Sequence[str], Sequence[str]] | None = None,
     query_texts: Sequence[str] | None = None,
     index=None,
-) -> pl.DataFrame:
+    sink: str | Path | None = None,
+) -> pl.DataFrame | pl.LazyFrame:
     """Mine and filter hard negatives; one ``HARD_NEGATIVE_CANDIDATES`` row per candidate.
 
     Args:
@@ -312,6 +314,10 @@ def mine_hard_negatives(
             query_texts)`` pair (texts aligned with ``doc_ids`` / ``query_ids``) from which a
             :class:`BM25Index` is built.
         index: a prebuilt faiss index over ``corpus_emb`` (otherwise one is built).
+        sink: a Parquet file path: each query chunk's rows are written there as soon as they
+            are filtered (one row group per chunk) and a ``LazyFrame`` scanning the file is
+            returned, so memory holds one chunk of candidates, not all of them (100 rows per
+            query: 10M rows for a 100k-query corpus).
 
     Rows are grouped by query (in input order) and, within a query, in selection order: dense
     candidates by rank, interleaved position by position with the BM25 candidates when there
@@ -353,6 +359,7 @@ def mine_hard_negatives(
     dids = np.asarray(doc_ids, dtype=object)
 
     frames = []
+    writer = _ParquetSink(sink) if sink is not None else None
     for start in range(0, len(qids), cfg.query_chunk_size):
         stop = min(start + cfg.query_chunk_size, len(qids))
         scores, ids = search(index, query_emb[start:stop], cfg.rank_end)
@@ -368,12 +375,43 @@ def mine_hard_negatives(
             score = np.concatenate([score, _rowwise_dot(query_emb, bq, corpus_emb, bd)])
             source = np.concatenate([source, np.ones(len(bq), dtype=np.int8)])
         guide_score = _rowwise_dot(g_q, q_pos, g_c, d_pos) if cfg.use_guide else None
-        frames.append(
-            _filter_chunk(cfg, qids, dids, q_pos, d_pos, rank, score, source, pos_rows, positive_score, guide_score, guide_positive, grades)
+        chunk = _filter_chunk(
+            cfg, qids, dids, q_pos, d_pos, rank, score, source, pos_rows, positive_score, guide_score, guide_positive, grades
         )
+        if writer is not None:
+            writer.write(chunk)
+        else:
+            frames.append(chunk)
+    if writer is not None:
+        writer.close()
+        return pl.scan_parquet(sink)
     if not frames:
         return pl.DataFrame(schema=HARD_NEGATIVE_CANDIDATES)
     return pl.concat(frames)
+
+
+class _ParquetSink:
+    """Appends polars frames to one Parquet file as row groups (written atomically on close)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self._writer = None
+
+    def write(self, df: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        table = df.to_arrow()
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.tmp, table.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is None:
+            pl.DataFrame(schema=HARD_NEGATIVE_CANDIDATES).write_parquet(self.tmp)
+        else:
+            self._writer.close()
+        self.tmp.replace(self.path)
 
 
 def _bm25_hits(bm25: BM25Search, texts: list[str], k: int, offset: int, row_of_doc: dict[str, int]):
