@@ -447,6 +447,7 @@ def train_encoder(
     config: TrainingConfig | None = None,
     progress: Callable[[dict], None] | None = None,
     resume: bool = True,
+    grad_sync: Callable[[torch.nn.Module], None] | None = None,
 ) -> TrainingResult:
     """Fine-tune ``base_model`` on ``TRAINING_EXAMPLES`` rows; the model lands in
     ``output_dir/model`` as a sentence-transformers folder (safetensors + tokenizer).
@@ -455,7 +456,9 @@ def train_encoder(
     ``resume`` the latest checkpoint under ``output_dir/checkpoints`` made with the same
     model, examples and config is continued; otherwise (or when none matches) training
     starts over. ``progress`` is called after every step with a dict (step, total_steps,
-    epoch, loss, lr, and dev metrics when an evaluation ran).
+    epoch, loss, lr, and dev metrics when an evaluation ran). ``grad_sync`` is called with the
+    model after each backward pass (before clipping), e.g. to all-reduce gradients across
+    data-parallel processes (:mod:`retriever_forge.train_cli`).
     """
     from sentence_transformers import SentenceTransformer
     from transformers import get_linear_schedule_with_warmup
@@ -570,6 +573,8 @@ def train_encoder(
         if not math.isfinite(loss_value):
             raise TrainingDiverged(step, loss_value, last_checkpoint)
         loss.backward()
+        if grad_sync is not None:  # data-parallel: average gradients across processes (train_cli)
+            grad_sync(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
