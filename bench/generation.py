@@ -1,8 +1,13 @@
 """Generation throughput: one prompt at a time vs batched transformers vs vLLM.
 
-The workload is the pipeline's: 64 passage-to-query prompts (passages are Python standard
-library docstrings, so every machine builds the same ones offline), sampled at temperature 0.7
-with up to 32 new tokens and a newline stop, on the bundled SmolLM2-135M-Instruct Q4_1.
+The workload is 64 passage-to-query prompts (passages are Python standard library docstrings,
+so every machine builds the same ones offline) on the bundled SmolLM2-135M-Instruct Q4_1:
+
+* ``--workload inpars`` (default): exactly what the ``synthetic_queries`` asset sends — the
+  bundled InPars few-shot template (question style) as a plain completion, with the pipeline's
+  default sampling (greedy, up to 32 new tokens, newline stop);
+* ``--workload chat``: a short zero-shot instruction wrapped in the chat template, sampled at
+  temperature 0.7 (top-p 0.95).
 
 Each measurement prints one JSON line; a Markdown table follows. Model loading and a warm-up
 call are excluded from the timings.
@@ -22,6 +27,7 @@ import inspect
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from retriever_forge.hashing import hash_text  # noqa: E402
 from retriever_forge.llm import SamplingParams, TransformersLLM, VLLMBackend, default_generator_path  # noqa: E402
+from retriever_forge.querygen import QueryGenerationConfig, style_templates  # noqa: E402
 
 STDLIB_MODULES = [
     "json", "os.path", "re", "collections", "itertools", "functools", "textwrap", "string", "random",
@@ -38,11 +45,22 @@ STDLIB_MODULES = [
     "datetime", "decimal", "fractions", "copy", "pprint", "inspect", "ast", "tokenize", "logging",
     "argparse", "subprocess", "threading", "queue", "sched", "socket", "ssl", "email.utils", "uuid",
 ]  # fmt: skip
-PROMPT = (
-    "Write one short search query that the following passage answers. "
-    "Reply with the query only.\n\nPassage: {passage}\n\nQuery:"
-)
-PARAMS = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=32, seed=0, stop=("\n",))
+PROMPT = "Write one short search query that the following passage answers. Reply with the query only.\n\nPassage: {passage}\n\nQuery:"
+CHAT_PARAMS = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=32, seed=0, stop=("\n",))
+
+
+def workload(name: str, n: int) -> tuple[list[str], SamplingParams, bool]:
+    """(prompts, sampling, chat_template) for ``n`` passages."""
+    passages = stdlib_passages(n)
+    if name == "chat":
+        return [PROMPT.format(passage=p) for p in passages], CHAT_PARAMS, True
+    config = QueryGenerationConfig()
+    template = style_templates(config)["question"]
+    params = SamplingParams(
+        temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed, stop=("\n",)
+    )
+    prompts = [template.render(passage=" ".join(p.split()[: config.max_passage_words]), instruction="") for p in passages]
+    return prompts, params, template.chat
 
 
 def stdlib_passages(n: int, min_words: int = 25, max_words: int = 120) -> list[str]:
@@ -79,12 +97,12 @@ def load_average() -> float | None:
         return None
 
 
-def measure(name: str, llm, prompts: list[str], batch_size: int, one_at_a_time: bool, threads: int) -> dict:
+def measure(name: str, llm, prompts: list[str], params: SamplingParams, batch_size: int, one_at_a_time: bool, threads: int) -> dict:
     llm.generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up: allocators, kernels
     load_before = load_average()
     t0 = time.perf_counter()
     # One at a time: what a naive loop over passages does; batched: one call for everything.
-    outputs = [g for p in prompts for g in llm.generate([p], PARAMS)] if one_at_a_time else llm.generate(prompts, PARAMS)
+    outputs = [g for p in prompts for g in llm.generate([p], params)] if one_at_a_time else llm.generate(prompts, params)
     seconds = time.perf_counter() - t0
     completion = sum(g.completion_tokens for g in outputs)
     prompt_tokens = sum(g.prompt_tokens for g in outputs)
@@ -99,7 +117,7 @@ def measure(name: str, llm, prompts: list[str], batch_size: int, one_at_a_time: 
         "completion_tokens_per_s": round(completion / seconds, 1),
         "queries_per_s": round(len(prompts) / seconds, 2),
         "prompts_sha256": hash_text("\n".join(prompts))[:16],  # same workload in every venv
-        "sampling": PARAMS.cache_key(),
+        "sampling": params.cache_key(),
         "model": llm.model_id,
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
@@ -112,14 +130,23 @@ def measure(name: str, llm, prompts: list[str], batch_size: int, one_at_a_time: 
 
 
 def markdown(rows: list[dict]) -> str:
+    """Medians per (backend, mode) over rounds; speed-up = median of the per-round ratios to
+    one prompt at a time (both sides of a ratio ran back to back in the same round)."""
+    baseline = {r["round"]: r["seconds"] for r in rows if r["batch_size"] == 1 and r["backend"] == "transformers"}
     lines = [
-        "| backend | mode | prompts | completion tokens | seconds | tokens/s | queries/s | load avg (before→after) |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| backend | mode | rounds | prompts | completion tokens | median s | tokens/s | queries/s | speed-up vs one at a time |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
+        groups.setdefault((r["backend"], r["mode"]), []).append(r)
+    for (backend, mode), runs in groups.items():
+        seconds = statistics.median(r["seconds"] for r in runs)
+        ratios = [baseline[r["round"]] / r["seconds"] for r in runs if r["round"] in baseline]
+        speedup = f"{statistics.median(ratios):.2f}×" if ratios and backend == "transformers" else "—"
         lines.append(
-            f"| {r['backend']} | {r['mode']} | {r['prompts']} | {r['completion_tokens']} | {r['seconds']} | "
-            f"{r['completion_tokens_per_s']} | {r['queries_per_s']} | {r['load_avg_before']}→{r['load_avg_after']} |"
+            f"| {backend} | {mode} | {len(runs)} | {runs[0]['prompts']} | {runs[0]['completion_tokens']} | {seconds:.1f} | "
+            f"{runs[0]['completion_tokens'] / seconds:.1f} | {runs[0]['prompts'] / seconds:.2f} | {speedup} |"
         )
     return "\n".join(lines)
 
@@ -129,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backends", default="transformers", help="comma list: transformers, vllm")
     parser.add_argument("--batch-sizes", default="1,16,32", help="transformers; 1 means one prompt at a time")
     parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are quoted")
+    parser.add_argument("--workload", choices=["inpars", "chat"], default="inpars")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
@@ -138,11 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    prompts = [PROMPT.format(passage=p) for p in stdlib_passages(args.prompts)]
+    prompts, params, chat = workload(args.workload, args.prompts)
     folder, name = default_generator_path()
     rows = []
 
-    def emit(row: dict) -> None:
+    def emit(row: dict, round_: int) -> None:
+        row = {"workload": args.workload, "round": round_, **row}
         rows.append(row)
         line = json.dumps(row)
         print(line, flush=True)
@@ -153,15 +183,19 @@ def main(argv: list[str] | None = None) -> None:
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if "transformers" in backends:
-        llm = TransformersLLM(folder, gguf_file=name)
+        llm = TransformersLLM(folder, gguf_file=name, chat_template=chat)
         llm.load()
-        for size in [int(s) for s in args.batch_sizes.split(",")]:
-            llm.batch_size = max(size, 1)
-            emit(measure("transformers", llm, prompts, size, one_at_a_time=size == 1, threads=threads))
+        # Rounds alternate the modes (1, 16, 32, 1, 16, 32...): background load on a shared
+        # machine then weighs on every mode alike, and each round gives one ratio per mode.
+        for round_ in range(args.rounds):
+            for size in [int(s) for s in args.batch_sizes.split(",")]:
+                llm.batch_size = max(size, 1)
+                emit(measure("transformers", llm, prompts, params, size, one_at_a_time=size == 1, threads=threads), round_)
     if "vllm" in backends:
-        vllm_llm = VLLMBackend(folder, gguf_file=name, max_model_len=1024, enforce_eager=True)
+        vllm_llm = VLLMBackend(folder, gguf_file=name, max_model_len=1024, enforce_eager=True, chat_template=chat)
         vllm_llm.load()
-        emit(measure("vllm", vllm_llm, prompts, len(prompts), one_at_a_time=False, threads=torch.get_num_threads()))
+        for round_ in range(args.rounds):
+            emit(measure("vllm", vllm_llm, prompts, params, len(prompts), one_at_a_time=False, threads=torch.get_num_threads()), round_)
     print()
     print(markdown(rows))
 

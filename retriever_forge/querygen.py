@@ -168,11 +168,13 @@ def generate_synthetic_queries(
     if progress:
         progress(f"generating {len(jobs)} queries for {docs.height} passages with {model.model_id}")
     outputs: list = [None] * len(jobs)
-    for chat in (True, False):
-        todo = [i for i, job in enumerate(jobs) if templates[job[2]].chat is chat]
+    # One call per style: its prompts share the whole few-shot template, which the backends
+    # compute once per batch (transformers) or keep in their prefix cache (vLLM).
+    for style in styles:
+        todo = [i for i, job in enumerate(jobs) if job[2] == style]
         if not todo:
             continue
-        backend = llm if chat else completion_llm
+        backend = llm if templates[style].chat else completion_llm
         if backend is None:
             raise ValueError("completion-format templates need completion_llm (the model without its chat template)")
         for i, out in zip(todo, backend.generate([jobs[i][3] for i in todo], params), strict=True):

@@ -243,42 +243,43 @@ class TransformersLLM:
         n = len(rows)
         generated: list[list[int]] = [[] for _ in range(n)]
         ended_by_eos = [False] * n
-        finished = [False] * n
         with torch.inference_mode():
-            input_ids, attention, positions = self._left_pad(rows)
-            # logits_to_keep=1: only the last position's logits are needed, and the full
-            # (batch, length, vocab) tensor would be ~1 GB for 16 prompts of 300 tokens.
-            out = model(
-                input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1
-            )
+            out, attention, positions = self._prefill(model, rows, keep_cache=True)
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :]
             position = positions[:, -1:]
+            live = list(range(n))  # rows still decoding, in the order of the batch's tensors
             for step in range(params.max_new_tokens):
-                next_tokens = self._pick(out.logits[:, -1, :].float(), params, generators)
-                for i in range(n):
-                    if finished[i]:
-                        continue
-                    token = int(next_tokens[i])
+                next_tokens = self._pick(logits.float(), params, [generators[i] for i in live] if sampling else [])
+                still = []
+                for slot, i in enumerate(live):
+                    token = int(next_tokens[slot])
                     if token in eos:
-                        finished[i] = ended_by_eos[i] = True
+                        ended_by_eos[i] = True
                         continue
                     generated[i].append(token)
                     if params.stop and truncate_at_stop(tok.decode(generated[i], skip_special_tokens=True), params.stop)[1]:
-                        finished[i] = True
-                if all(finished) or step == params.max_new_tokens - 1:
+                        continue
+                    still.append(slot)
+                if not still or step == params.max_new_tokens - 1:
                     break
-                # Finished rows keep decoding pad tokens (cheaper than reshaping the KV cache);
-                # their outputs are ignored.
-                next_tokens[torch.tensor(finished, device=next_tokens.device)] = tok.pad_token_id
-                attention = torch.cat([attention, attention.new_ones((n, 1))], dim=1)
+                if len(still) < len(live):
+                    # Finished rows leave the batch: decoding them further would cost a row of
+                    # every matmul per step while sampling is spread 5-32 tokens long.
+                    keep = torch.tensor(still, device=next_tokens.device)
+                    cache.batch_select_indices(keep)
+                    next_tokens, attention, position = next_tokens[keep], attention[keep], position[keep]
+                    live = [live[slot] for slot in still]
+                attention = torch.cat([attention, attention.new_ones((len(live), 1))], dim=1)
                 position = position + 1
-                out = model(
+                logits = model(
                     input_ids=next_tokens[:, None],
                     attention_mask=attention,
                     position_ids=position,
-                    past_key_values=out.past_key_values,
+                    past_key_values=cache,
                     use_cache=True,
                     logits_to_keep=1,
-                )
+                ).logits[:, -1, :]
         results = []
         for i in range(n):
             text, _ = truncate_at_stop(tok.decode(generated[i], skip_special_tokens=True), params.stop)
@@ -331,11 +332,16 @@ class TransformersLLM:
             return results  # type: ignore[return-value]
 
     def _last_logits(self, model, rows: list[list[int]]):
-        """Next-token logits after each row, computing the rows' shared token prefix only once.
+        """Next-token logits after each row (see :meth:`_prefill`)."""
+        return self._prefill(model, rows, keep_cache=False)[0].logits[:, -1, :]
 
-        Judge prompts share a long instruction prefix (the UMBRELA rubric, ~60% of the tokens):
-        its key/value cache is computed for one row and repeated across the batch, and only the
-        differing suffixes are run batched. Exact: the same logits as running each row whole.
+    def _prefill(self, model, rows: list[list[int]], keep_cache: bool):
+        """Run the prompts; returns (model output, attention mask, position ids) for decoding on.
+
+        The rows' shared token prefix is computed only once: judge prompts share the UMBRELA
+        rubric (~60% of their tokens) and query prompts the few-shot examples. Its key/value
+        cache is computed for one row and repeated across the batch, and only the differing
+        suffixes run batched. Exact: the same logits as running each row whole.
         """
         import torch
 
@@ -346,7 +352,10 @@ class TransformersLLM:
             shared += 1
         if len(rows) == 1 or shared < 16:
             input_ids, attention, positions = self._left_pad(rows)
-            return model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1).logits[:, -1, :]
+            # logits_to_keep=1: only the last position's logits are needed, and the full
+            # (batch, length, vocab) tensor would be ~1 GB for 16 prompts of 300 tokens.
+            out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=keep_cache, logits_to_keep=1)
+            return out, attention, positions
         prefix = torch.tensor([rows[0][:shared]], dtype=torch.long, device=self.device)
         cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
         cache.batch_repeat_interleave(len(rows))
@@ -354,8 +363,15 @@ class TransformersLLM:
         # Padding sits between prefix and suffix; it is masked, and positions skip it.
         attention = torch.cat([torch.ones((len(rows), shared), dtype=torch.long, device=self.device), suffix_attention], dim=1)
         positions = shared + (suffix_attention.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=suffix_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, logits_to_keep=1)
-        return out.logits[:, -1, :]
+        out = model(
+            input_ids=suffix_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=keep_cache,
+            logits_to_keep=1,
+        )
+        return out, attention, positions
 
     def next_token_logprobs(self, prompts: list[str], top_k: int = 20) -> list[list[tuple[int, str, float]]]:
         """The ``top_k`` most likely next tokens after each prompt: (token id, text, logprob).
@@ -374,9 +390,7 @@ class TransformersLLM:
             with torch.inference_mode():
                 for batch in self._batches(encoded):
                     input_ids, attention, positions = self._left_pad([encoded[i] for i in batch])
-                    logits = model(
-                        input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1
-                    ).logits[:, -1, :]
+                    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1).logits[:, -1, :]
                     top = torch.log_softmax(logits.float(), dim=-1).topk(top_k, dim=-1)
                     for i, ids, lps in zip(batch, top.indices.tolist(), top.values.tolist(), strict=True):
                         results[i] = [(t, self.tokenizer.decode([t]), lp) for t, lp in zip(ids, lps, strict=True)]

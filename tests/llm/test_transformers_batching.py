@@ -1,0 +1,39 @@
+"""The transformers backend's batching shortcuts change speed, never outputs.
+
+Two shortcuts: a batch's shared prompt prefix (the few-shot template) is run once and its
+key/value cache repeated, and rows that finished (newline stop or EOS) leave the batch. Both
+must give exactly what running each prompt alone gives.
+"""
+
+from __future__ import annotations
+
+from retriever_forge.llm import SamplingParams
+from retriever_forge.querygen import QueryGenerationConfig, style_templates
+
+PASSAGES = [
+    "Quicksort partitions an array around a pivot and sorts both sides recursively.",
+    "The mitochondrion is the organelle where cellular respiration produces most of the ATP.",
+    "Compilers translate source code into machine code through lexing, parsing and code generation.",
+    "A hash table maps keys to buckets with a hash function; collisions are chained or probed.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+]
+
+
+def test_shared_prefix_and_finished_rows_leave_outputs_unchanged(smollm):
+    template = style_templates(QueryGenerationConfig())["question"]
+    prompts = [template.render(passage=p, instruction="") for p in PASSAGES]
+    llm = smollm.variant(chat_template=False, batch_size=len(prompts))
+    ids = llm._encode(prompts)
+    shared = next(i for i in range(min(map(len, ids))) if len({tuple(r[: i + 1]) for r in ids}) > 1)
+    assert shared >= 16, "the few-shot template should give a shared prefix long enough to reuse"
+
+    for params in (
+        SamplingParams(temperature=0.0, max_new_tokens=24, stop=("\n",)),
+        SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=24, seed=5, stop=("\n",)),
+    ):
+        together = llm.generate(prompts, params)
+        alone = [llm.generate([p], params)[0] for p in prompts]
+        assert [g.text for g in together] == [g.text for g in alone]
+        assert [g.completion_tokens for g in together] == [g.completion_tokens for g in alone]
+        # Rows stopped at different steps, so some rows left the batch while others decoded on.
+        assert len({g.completion_tokens for g in together}) > 1
