@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--cold-rounds", type=int, default=2)
     ap.add_argument("--st-faiss", type=int, default=1, help="1: sentence-transformers searches with FAISS; 0: with torch")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cache", default=None, help="keep the warm setting's embedding caches here (default: a temporary folder)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -121,8 +122,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
                 cold = setting == "cold"
                 doc_ids, texts = workload(name, args.cold_max_docs if cold else args.max_docs)
+                caches = Path(args.cache) if args.cache else scratch
                 row = measure(enc, name, doc_ids, texts, setting, args.cold_rounds if cold else args.rounds, args.batch_size,
-                              bool(args.st_faiss), scratch / name)  # fmt: skip
+                              bool(args.st_faiss), caches / name)  # fmt: skip
                 emit({**row, **machine(threads)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -200,8 +200,8 @@ def retrieve_candidates(
     _check_shapes(query_emb, corpus_emb, query_ids, doc_ids)
     if index is None:
         index = build_faiss_index(corpus_emb, index_type, exact_search_max_docs=exact_search_max_docs)
-    qids = np.asarray(query_ids, dtype=object)
-    dids = np.asarray(doc_ids, dtype=object)
+    qids = pl.Series("query_id", list(query_ids), dtype=pl.String)
+    dids = pl.Series("doc_id", list(doc_ids), dtype=pl.String)
     frames = []
     for start in range(0, len(qids), query_chunk_size):
         scores, ids = search(index, query_emb[start : start + query_chunk_size], k)
@@ -209,8 +209,8 @@ def retrieve_candidates(
         frames.append(
             pl.DataFrame(
                 {
-                    "query_id": pl.Series(qids[q_pos], dtype=pl.String),
-                    "doc_id": pl.Series(dids[d_pos], dtype=pl.String),
+                    "query_id": _gather(qids, q_pos),
+                    "doc_id": _gather(dids, d_pos),
                     "rank": pl.Series(rank, dtype=pl.Int64),
                     "score": pl.Series(score, dtype=pl.Float64),
                 }
@@ -355,8 +355,8 @@ def mine_hard_negatives(
         kind = resolve_index_type(len(doc_ids), cfg.index_type, cfg.exact_search_max_docs)
         index = build_faiss_index(corpus_emb, kind, seed=cfg.seed)
     grades = _judgment_grades(judgments)
-    qids = np.asarray(query_ids, dtype=object)
-    dids = np.asarray(doc_ids, dtype=object)
+    qids = pl.Series("query_id", list(query_ids), dtype=pl.String)
+    dids = pl.Series("doc_id", list(doc_ids), dtype=pl.String)
 
     frames = []
     writer = _ParquetSink(sink) if sink is not None else None
@@ -431,67 +431,74 @@ def _judgment_grades(judgments: pl.DataFrame | None) -> pl.DataFrame | None:
     return judgments.group_by("query_id", "doc_id").agg(judged_grade=pl.col("expected_grade").cast(pl.Float64).mean())
 
 
+_REASONS = [None, "positive", "window", "margin", "judge", "guide", "surplus"]
+
+
 def _filter_chunk(cfg, qids, dids, q_pos, d_pos, rank, score, source, pos_rows, positive_score, guide_score, guide_positive, grades):
-    """Apply the filters to one chunk of candidate rows and return them as schema rows."""
+    """Apply the filters to one chunk of candidate rows and return them as schema rows.
+
+    Vectorised: reasons, selection order and the per-query count of kept rows are computed
+    with numpy; string columns are gathered from one polars Series of ids (no per-row Python
+    strings).
+    """
+    if len(q_pos) == 0:
+        return pl.DataFrame(schema=HARD_NEGATIVE_CANDIDATES)
     pos_score = positive_score[q_pos]
-    is_positive = d_pos == pos_rows[q_pos]
-    outside_window = (source == 0) & (rank < cfg.rank_start)
+    reason = np.zeros(len(q_pos), dtype=np.int8)  # index into _REASONS; first filter that fires wins
+
+    def mark(mask: np.ndarray, code: int) -> None:
+        reason[(reason == 0) & mask] = code
+
+    mark(d_pos == pos_rows[q_pos], 1)
+    mark((source == 0) & (rank < cfg.rank_start), 2)
     margin = np.zeros(len(q_pos), dtype=bool)
     if cfg.relative_margin is not None:
         margin |= score > cfg.relative_margin * pos_score
     if cfg.absolute_margin is not None:
         margin |= score > pos_score - cfg.absolute_margin
-    guided = np.zeros(len(q_pos), dtype=bool) if guide_score is None else guide_score > guide_positive[q_pos]
+    mark(margin, 3)
+    judged = np.full(len(q_pos), np.nan)
+    if grades is not None:
+        keys = pl.DataFrame({"query_id": _gather(qids, q_pos), "doc_id": _gather(dids, d_pos)})
+        judged = keys.join(grades, on=["query_id", "doc_id"], how="left", maintain_order="left")["judged_grade"].to_numpy()
+        judged = np.asarray(judged, dtype=np.float64)
+        if cfg.judge_threshold is not None:
+            mark(np.nan_to_num(judged, nan=-np.inf) >= cfg.judge_threshold, 4)
+    if guide_score is not None:
+        mark(guide_score > guide_positive[q_pos], 5)
 
-    df = pl.DataFrame(
+    # Selection order: per query, the i-th dense and the i-th BM25 candidate side by side.
+    by_rank = np.lexsort((rank, source, q_pos))
+    group = np.r_[True, (np.diff(q_pos[by_rank]) != 0) | (np.diff(source[by_rank]) != 0)]
+    start = np.maximum.accumulate(np.where(group, np.arange(len(by_rank)), 0))
+    position = np.empty(len(q_pos), dtype=np.int64)
+    position[by_rank] = np.arange(len(by_rank)) - start
+    order = np.lexsort((source, position, q_pos))
+    q_o, reason = q_pos[order], reason[order]
+    kept = (reason == 0).astype(np.int64)
+    csum = np.cumsum(kept)
+    new_query = np.r_[True, np.diff(q_o) != 0]
+    before = np.maximum.accumulate(np.where(new_query, csum - kept, 0))
+    reason[(reason == 0) & (csum - before > cfg.negatives_per_query)] = 6
+
+    reasons = pl.Series("dropped_by", _REASONS, dtype=pl.String)
+    return pl.DataFrame(
         {
-            "_q": q_pos,
-            "query_id": pl.Series(qids[q_pos], dtype=pl.String),
-            "positive_id": pl.Series(dids[pos_rows[q_pos]], dtype=pl.String),
-            "doc_id": pl.Series(dids[d_pos], dtype=pl.String),
-            "rank": pl.Series(rank, dtype=pl.Int64),
-            "score": pl.Series(score, dtype=pl.Float64),
-            "positive_score": pl.Series(pos_score, dtype=pl.Float64),
-            "source": pl.Series(np.where(source == 0, "dense", "bm25"), dtype=pl.String),
-            "_positive": is_positive,
-            "_window": outside_window,
-            "_margin": margin,
-            "_guide": guided,
+            "query_id": _gather(qids, q_o),
+            "positive_id": _gather(dids, pos_rows[q_o]),
+            "doc_id": _gather(dids, d_pos[order]),
+            "rank": pl.Series(rank[order], dtype=pl.Int64),
+            "score": pl.Series(score[order], dtype=pl.Float64),
+            "positive_score": pl.Series(pos_score[order], dtype=pl.Float64),
+            "judged_grade": pl.Series(judged[order], dtype=pl.Float64, nan_to_null=True),
+            "dropped_by": reasons.gather(reason.astype(np.int64)),
+            "source": pl.Series("source", ["dense", "bm25"], dtype=pl.String).gather(source[order].astype(np.int64)),
         }
     )
-    if grades is not None:
-        df = df.join(grades, on=["query_id", "doc_id"], how="left")
-    else:
-        df = df.with_columns(judged_grade=pl.lit(None, dtype=pl.Float64))
-    judged_relevant = (
-        pl.col("judged_grade").fill_null(-math.inf) >= cfg.judge_threshold if cfg.judge_threshold is not None else pl.lit(False)
-    )
-    reason = (
-        pl.when(pl.col("_positive"))
-        .then(pl.lit("positive"))
-        .when(pl.col("_window"))
-        .then(pl.lit("window"))
-        .when(pl.col("_margin"))
-        .then(pl.lit("margin"))
-        .when(judged_relevant)
-        .then(pl.lit("judge"))
-        .when(pl.col("_guide"))
-        .then(pl.lit("guide"))
-        .otherwise(pl.lit(None, dtype=pl.String))
-    )
-    df = (
-        df.with_columns(dropped_by=reason)
-        # Selection order: the i-th dense and the i-th BM25 candidate sit side by side.
-        .with_columns(_pos=pl.col("rank").rank("ordinal").over("_q", "source"), _src=(pl.col("source") == "bm25").cast(pl.Int8))
-        .sort("_q", "_pos", "_src")
-        .with_columns(_kept_order=pl.col("dropped_by").is_null().cast(pl.Int64).cum_sum().over("_q"))
-        .with_columns(
-            dropped_by=pl.when(pl.col("dropped_by").is_null() & (pl.col("_kept_order") > cfg.negatives_per_query))
-            .then(pl.lit("surplus"))
-            .otherwise(pl.col("dropped_by"))
-        )
-    )
-    return conform(df, HARD_NEGATIVE_CANDIDATES)
+
+
+def _gather(ids: pl.Series, rows: np.ndarray) -> pl.Series:
+    return ids.gather(rows.astype(np.int64, copy=False))
 
 
 def mining_summary(candidates: pl.DataFrame) -> dict:
