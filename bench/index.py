@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, Emitter, machine, markdown, pseudo_queries, set_threads, workload  # noqa: E402
 
 
-def embed(enc, texts: list[str], batch_size: int = 64):
+def embed(enc, texts: list[str], cache: Path, batch_size: int = 64):
     from retriever_forge.encoding import encode_cached
 
-    return encode_cached(enc, texts, RESULTS / "cache" / "embeddings", batch_size=batch_size)
+    return encode_cached(enc, texts, cache, batch_size=batch_size)
 
 
 def recall_at_k(approx, exact) -> float:
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--model", default="all-MiniLM-L6-v2")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cache", default=str(RESULTS / "cache" / "embeddings"), help="embedding cache (encode_cached)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -72,9 +73,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
             doc_ids, texts = workload(name)
-            corpus = embed(enc, texts)
+            corpus = embed(enc, texts, Path(args.cache))
             _, q_texts, _ = pseudo_queries(doc_ids, texts, n=min(args.queries, len(texts)))
-            queries = np.ascontiguousarray(embed(enc, q_texts), dtype=np.float32)
+            queries = np.ascontiguousarray(embed(enc, q_texts, Path(args.cache)), dtype=np.float32)
             k = min(args.k, len(texts))
             build_s: dict[str, list[float]] = {t: [] for t in types}
             search_s: dict[str, list[float]] = {t: [] for t in types}

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if args.threads:
                     cmd += ["--threads", str(args.threads)]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"')]
                 if proc.returncode or not lines:
                     raise RuntimeError(f"{stage} at {n} failed:\n{proc.stderr[-3000:]}")
                 emit(json.loads(lines[-1]))

@@ -1,0 +1,103 @@
+"""Every speed benchmark runs at a tiny size with a tiny local model and prints valid JSON lines
+with its keys, so the benchmarks cannot rot unnoticed. (The figures themselves are quoted in
+the README with the commands that produce them.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _tiny_encoder import tiny_encoder_folder
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    common = _load("_common")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tiny_encoder_folder(tmp_path_factory.mktemp("tiny"), extra_words=common._stdlib_vocabulary())
+    torch.set_num_threads(before)
+
+
+def _json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith('{"')]
+
+
+def _check(capsys, rows: list[dict], keys: set[str], n: int) -> list[dict]:
+    printed = _json_lines(capsys.readouterr().out)
+    assert len(printed) == len(rows) == n
+    for row in printed:
+        assert keys <= row.keys(), keys - row.keys()
+    return printed
+
+
+def test_encoding_bench(tiny_model, capsys):
+    rows = _load("encoding").main(["--datasets", "synthetic-40", "--model", tiny_model, "--rounds", "2", "--batch-size", "8"])
+    (row,) = _check(capsys, rows, {"forge_passages_per_s", "st_passages_per_s", "speedup_median", "rounds", "max_abs_diff"}, 1)
+    assert row["passages"] == 40 and row["rounds"] == 2 and row["max_abs_diff"] < 1e-4
+
+
+def test_mining_bench(tiny_model, capsys):
+    args = ["--datasets", "synthetic-300", "--model", tiny_model, "--rounds", "2", "--cold-rounds", "1", "--cold-max-docs", "120"]
+    rows = _load("mining").main(args)
+    warm, cold = _check(capsys, rows, {"setting", "forge_median_s", "st_median_s", "speedup_median", "peak_rss_mb"}, 2)
+    assert (warm["setting"], warm["passages"], cold["setting"], cold["passages"]) == ("warm", 300, "cold", 120)
+    assert warm["forge_negatives"] > 0 and warm["st_rows"] > 0
+
+
+def test_training_bench(tiny_model, capsys):
+    args = [
+        "--datasets",
+        "synthetic-120",
+        "--model",
+        tiny_model,
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--rounds",
+        "1",
+        "--max-seq-length",
+        "32",
+    ]
+    rows = _load("training").main(args)
+    (row,) = _check(capsys, rows, {"forge_examples_per_s", "st_examples_per_s", "speedup_median", "forge_steps", "st_steps"}, 1)
+    assert row["forge_steps"] == row["st_steps"] == 2
+
+
+def test_index_bench(tiny_model, tmp_path, capsys):
+    args = ["--datasets", "synthetic-600", "--model", tiny_model, "--queries", "40", "--rounds", "1", "--cache", str(tmp_path)]
+    rows = _load("index").main(args)
+    printed = _check(capsys, rows, {"index_type", "build_s", "queries_per_s", "recall_at_k_vs_exact", "qps_vs_flat"}, 5)
+    by_type = {r["index_type"]: r for r in printed}
+    assert set(by_type) == {"flat", "ivf", "hnsw", "ivfpq", "ivfpq-sharded"} and by_type["flat"]["recall_at_k_vs_exact"] == 1.0
+
+
+@pytest.mark.slow
+def test_scaling_bench(tiny_model, tmp_path, capsys):
+    args = ["--sizes", "100,150", "--encode-max", "100", "--model", tiny_model, "--cache", str(tmp_path), "--threads", "1"]
+    rows = _load("scaling").main(args)
+    printed = _check(capsys, rows, {"stage", "passages", "seconds", "peak_rss_mb"}, 5)
+    assert [(r["stage"], r["passages"]) for r in printed] == [("encode", 100), ("mine", 100), ("index", 100), ("mine", 150), ("index", 150)]
+    assert printed[3]["embeddings"] == "derived" and printed[3]["candidate_rows"] > 0
+
+
+@pytest.mark.slow
+def test_end_to_end_bench(capsys):
+    rows = _load("end_to_end").main(["--datasets", "demo", "--job", "data_stage"])
+    (row,) = _check(capsys, rows, {"dataset", "setting", "seconds", "cpu_seconds", "peak_rss_mb"}, 1)
+    assert row["dataset"] == "demo" and row["seconds"] > 0
