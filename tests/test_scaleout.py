@@ -140,3 +140,54 @@ def test_training_launched_through_dagster_pipes(tmp_path):
     assert result.success
     meta = result.asset_materializations_for_node("distributed_encoder")[0].metadata
     assert meta["steps"].value == 4 and meta["world_size"].value == 1
+
+
+def test_shared_vllm_resource_keeps_many_requests_in_flight(tmp_path):
+    """The resource pointed at an OpenAI-compatible server (a stub standing in for ``vllm
+    serve``) sends ``max_concurrency`` requests at once: what lets vLLM batch them."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from retriever_forge.llm import SamplingParams
+
+    state = {"in_flight": 0, "peak": 0, "served": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, reply: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self._send(json.dumps({"object": "list", "data": [{"id": "stub-model", "object": "model", "root": "stub-model"}]}).encode())
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with lock:
+                state["in_flight"] += 1
+                state["peak"] = max(state["peak"], state["in_flight"])
+            time.sleep(0.05)  # a request being decoded
+            reply = json.dumps({"choices": [{"message": {"content": "q: " + body["messages"][0]["content"][:8]}}],
+                                "usage": {"prompt_tokens": 3, "completion_tokens": 2}}).encode()  # fmt: skip
+            with lock:
+                state["in_flight"] -= 1
+                state["served"] += 1
+            self._send(reply)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        serve = VLLMServe(model="stub-model", host="127.0.0.1", port=server.server_address[1], max_concurrency=16)
+        llm = serve.llm_resource(batch_size=64).build(tmp_path, chat=True)
+        outputs = llm.generate([f"passage number {i}" for i in range(64)], SamplingParams(max_new_tokens=8))
+    finally:
+        server.shutdown()
+    assert [o.text for o in outputs[:2]] == ["q: passage ", "q: passage "] and state["served"] == 64
+    assert state["peak"] >= 12  # up to 16 in flight (thread start-up can shave a few)
