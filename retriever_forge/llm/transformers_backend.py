@@ -188,10 +188,28 @@ class TransformersLLM:
             encoded.append(ids)
         return encoded
 
-    def _batches(self, encoded: list[list[int]]) -> list[list[int]]:
-        """Indices grouped into batches of similar length, so little compute goes to padding."""
+    def _batches(self, encoded: list[list[int]], max_padding: float = 0.25) -> list[list[int]]:
+        """Indices grouped into batches of similar length, so little compute goes to padding.
+
+        Prompts are sorted by length and a batch closes when it is full or when padding it to
+        the next prompt's length would add more than ``max_padding`` of its real tokens: on CPU,
+        prefill is compute-bound and a padded token costs as much as a real one (one 333-token
+        prompt in a batch of 130-token ones nearly doubled the batch's prefill time).
+        """
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches: list[list[int]] = []
+        batch: list[int] = []
+        tokens = 0
+        for i in order:
+            width = len(encoded[i])  # the longest so far: the batch's padded width if i joins
+            if batch and (len(batch) == self.batch_size or width * (len(batch) + 1) > (1 + max_padding) * (tokens + width)):
+                batches.append(batch)
+                batch, tokens = [], 0
+            batch.append(i)
+            tokens += width
+        if batch:
+            batches.append(batch)
+        return batches
 
     def _left_pad(self, rows: list[list[int]]):
         import torch

@@ -37,3 +37,18 @@ def test_shared_prefix_and_finished_rows_leave_outputs_unchanged(smollm):
         assert [g.completion_tokens for g in together] == [g.completion_tokens for g in alone]
         # Rows stopped at different steps, so some rows left the batch while others decoded on.
         assert len({g.completion_tokens for g in together}) > 1
+
+
+def test_batches_bound_padding_and_size():
+    from retriever_forge.llm import TransformersLLM
+
+    lengths = [129, 130, 133, 140, 150, 159, 166, 184, 233, 248, 333, 12]
+    llm = TransformersLLM("unused", batch_size=4)  # no weights are loaded to plan batches
+    batches = llm._batches([[0] * n for n in lengths], max_padding=0.25)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 4
+        real = sum(lengths[i] for i in batch)
+        assert max(lengths[i] for i in batch) * len(batch) <= 1.25 * real
+    # The 12-token outlier is not padded to 129 tokens; the longest prompts batch together.
+    assert [11] in batches and [8, 9, 10] in batches
