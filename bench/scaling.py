@@ -18,7 +18,7 @@ Encoding is the slow stage on a CPU (~25-60 passages/s on this 2-core machine), 
 depend on the number and dimension of vectors, not on their text; such rows say
 ``"embeddings": "derived"``.
 
-    .venv/bin/python bench/scaling.py --sizes 1000,10000,100000 --encode-max 10000 --threads 2
+    .venv/bin/python bench/scaling.py --threads 1 --sizes 1000,3000,10000,100000 --encode-max 3000
 
 One JSON line per (size, stage), then a Markdown table.
 """
