@@ -215,10 +215,14 @@ class VLLMServe:
     vLLM batches concurrent requests continuously, so throughput grows with the number of
     requests in flight: ``max_concurrency`` on the client side should be at least
     ``max_num_seqs`` / number of clients.
+
+    The server binds to loopback unless told otherwise: a server shared by a team is exposed on
+    purpose, by naming the interface (or the pod's address) in ``host``, behind whatever network
+    policy guards it, never by default.
     """
 
     model: str
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 8000
     tensor_parallel_size: int = 1
     max_num_seqs: int = 256
@@ -236,7 +240,7 @@ class VLLMServe:
         return cmd
 
     def base_url(self, host: str | None = None) -> str:
-        return f"http://{host or ('localhost' if self.host == '0.0.0.0' else self.host)}:{self.port}/v1"
+        return f"http://{host or self.host}:{self.port}/v1"
 
     def llm_resource(self, host: str | None = None, batch_size: int = 64):
         """An :class:`LLMResource` for the pipeline, pointed at this server."""
