@@ -114,7 +114,8 @@ def synthetic_queries(
     summary = generation_summary(queries)
     stats = {k: generator.stats.get(k, 0) + completer.stats.get(k, 0) for k in set(generator.stats) | set(completer.stats)}
     templates = {s: t.as_record() for s, t in style_templates(qg).items()}
-    models = {"generator": {"id": generator.model_id, "weights_hash": generator.weights_hash, "backend": llm.backend}}
+    models = {"generator": {"id": generator.model_id, "weights_hash": generator.weights_hash, "backend": llm.backend,
+                            "numerics": generator.numerics}}  # fmt: skip
     if qg.round_trip_k:
         models["round_trip_encoder"] = {"id": enc.name, "weights_hash": enc.weights_hash}
     kept = queries.filter(pl.col("dropped_by").is_null())
@@ -209,7 +210,7 @@ def relevance_judgments(
         context, store, ref, asset="relevance_judgments",
         upstream={"corpus": corpus, "synthetic_queries": synthetic_queries}, timing=t, rows=judgments.height,
         config=values,
-        models={"judge": {"id": judge.model_id, "weights_hash": judge.weights_hash, "backend": llm.backend},
+        models={"judge": {"id": judge.model_id, "weights_hash": judge.weights_hash, "backend": llm.backend, "numerics": judge.numerics},
                 "candidate_encoder": {"id": enc.name, "weights_hash": enc.weights_hash}},
         prompts={"judge": template.as_record()},
         metadata={"grades": dg.MetadataValue.json(summary), "llm_stats": dg.MetadataValue.json(dict(judge.stats))},

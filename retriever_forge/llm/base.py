@@ -63,6 +63,10 @@ class LLMBackend(Protocol):
         """Content hash of the weights (or of the served model's identity for remote backends)."""
         ...
 
+    # Backends may also expose ``numerics`` (str): the dtype the weights are computed in. When
+    # present it joins the cache key and the provenance record (see CachedLLM), because the same
+    # weights in bfloat16 and float32 do not give identical outputs.
+
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
         """Complete every prompt; output order matches input order."""
         ...

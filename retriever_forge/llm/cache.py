@@ -3,14 +3,18 @@
 :class:`CachedLLM` wraps any :class:`~retriever_forge.llm.base.LLMBackend`. Every request is
 keyed by the sha256 of
 
-* the backend's weights hash (a new model never reads an old model's answers),
+* the backend's weights hash (a new model never reads an old model's answers) and, where the
+  backend reports it, its ``numerics`` (the dtype it computes in),
 * the *rendered* prompt (after the chat template, so a template change is a new key),
 * for :meth:`~CachedLLM.generate`, the sampling parameters' ``cache_key()`` (seed included);
   for :meth:`~CachedLLM.choice_logprobs`, the list of choices.
 
-Only misses reach the backend, ``batch_size`` at a time, and each finished batch is committed at
-once, so a run killed mid-way loses at most the batch in flight and a re-run generates only what
-is missing. Identical requests within one call are generated once.
+Prompts reach the backend in fixed groups of ``batch_size`` (see :meth:`CachedLLM.groups`): only
+groups holding a miss are sent, and each finished group is committed at once, so a run killed
+mid-way loses at most the group in flight and a re-run generates only what is missing — with
+the same batch neighbours as an uninterrupted run, so even backends whose outputs depend on
+their neighbours (bfloat16, GPUs) resume to identical answers. Identical requests within one
+call are generated once.
 
 Storage is one SQLite file in WAL mode. One process may use it from several threads (calls are
 serialised by a lock). Several processes may share the file — SQLite's locking keeps it
@@ -69,6 +73,7 @@ def _new_stats() -> dict:
         "prompt_tokens": 0,  # prompt tokens the backend processed in this object's lifetime
         "completion_tokens": 0,  # tokens the backend generated
         "seconds": 0.0,  # wall time spent inside the backend
+        "group_reruns": 0,  # cached prompts re-sent only to rebuild a partly cached batch (see CachedLLM.groups)
     }
 
 
@@ -122,6 +127,10 @@ class CachedLLM:
     def __repr__(self) -> str:
         return f"CachedLLM({self.backend!r}, cache_path={str(self.cache_path)!r})"
 
+    @property
+    def numerics(self) -> str | None:
+        return getattr(self.backend, "numerics", None)
+
     def render_prompt(self, prompt: str) -> str:
         render = getattr(self.backend, "render_prompt", None)
         return render(prompt) if render is not None else prompt
@@ -130,7 +139,7 @@ class CachedLLM:
         """Like the backend's ``generate``; hits come back with ``cached=True``."""
         request = params.cache_key()
         with self._lock:
-            keys = self._keys("generate", prompts, request)
+            keys, lengths = self._keys("generate", prompts, request)
             stored = self._lookup(keys)
             fresh: dict[str, Generation] = {}
 
@@ -140,7 +149,7 @@ class CachedLLM:
             def row(gen: Generation) -> tuple:
                 return gen.text, None, gen.prompt_tokens, gen.completion_tokens
 
-            self._fill(keys, prompts, stored, fresh, "generate", request, run, row)
+            self._fill(keys, lengths, prompts, stored, fresh, "generate", request, run, row)
             out = []
             for key in keys:
                 if key in stored:
@@ -154,7 +163,7 @@ class CachedLLM:
         """Like the backend's ``choice_logprobs``, answered from the cache where possible."""
         request = json.dumps(list(choices), separators=(",", ":"))
         with self._lock:
-            keys = self._keys("choices", prompts, request)
+            keys, lengths = self._keys("choices", prompts, request)
             stored = self._lookup(keys)
             fresh: dict[str, list[float]] = {}
 
@@ -164,14 +173,23 @@ class CachedLLM:
             def row(logprobs: list[float]) -> tuple:
                 return None, json.dumps(logprobs), 0, 0
 
-            self._fill(keys, prompts, stored, fresh, "choices", request, run, row)
+            self._fill(keys, lengths, prompts, stored, fresh, "choices", request, run, row)
             return [json.loads(stored[k][1]) if k in stored else list(fresh[k]) for k in keys]
 
     # ------------------------------------------------------------------ internals
 
-    def _keys(self, kind: str, prompts: Sequence[str], request: str) -> list[str]:
-        weights = self.backend.weights_hash
-        return [hash_json([kind, weights, self.render_prompt(p), request]) for p in prompts]
+    def _keys(self, kind: str, prompts: Sequence[str], request: str) -> tuple[list[str], dict[str, int]]:
+        """Each prompt's key, and each key's rendered prompt length (for :meth:`groups`)."""
+        model = [self.backend.weights_hash]
+        if self.numerics:
+            model.append(self.numerics)
+        keys, lengths = [], {}
+        for p in prompts:
+            rendered = self.render_prompt(p)
+            key = hash_json([kind, *model, rendered, request])
+            lengths[key] = len(rendered)
+            keys.append(key)
+        return keys, lengths
 
     def _lookup(self, keys: list[str]) -> dict[str, tuple]:
         found: dict[str, tuple] = {}
@@ -186,47 +204,66 @@ class CachedLLM:
                 found[key] = tuple(rest)
         return found
 
-    def _fill(self, keys, prompts, stored, fresh, kind, request, run, row) -> None:
-        """Send the missing keys to the backend in batches, committing each batch."""
+    def groups(self, lengths: dict[str, int]) -> list[list[str]]:
+        """The call's unique keys cut into the fixed groups that are sent to the backend together.
+
+        The groups depend on the call's whole prompt set, never on what is already cached:
+        unique keys in a canonical order (rendered prompt length, then key: similar lengths
+        share a batch, so little compute goes to padding), cut every ``batch_size``. bfloat16
+        kernels and GPUs give a prompt slightly different logits next to different neighbours,
+        so a resumed run must rebuild exactly the batches an uninterrupted run would have sent.
+        """
+        unique = sorted(lengths, key=lambda k: (lengths[k], k))
+        return [unique[s : s + self.batch_size] for s in range(0, len(unique), self.batch_size)]
+
+    def _fill(self, keys, lengths, prompts, stored, fresh, kind, request, run, row) -> None:
+        """Run each group (see :meth:`groups`) that holds a missing key, committing each group.
+
+        A group with any miss runs whole; the answers it recomputes for keys already stored are
+        discarded (the stored answer stands), so a killed run loses at most the group in flight
+        and its rerun reproduces the uninterrupted run's answers.
+        """
         first_index: dict[str, int] = {}
         for i, key in enumerate(keys):
-            if key not in stored:
-                first_index.setdefault(key, i)
-        missing = list(first_index)
-        self.stats["hits"] += len(keys) - sum(1 for k in keys if k not in stored)
-        self.stats["misses"] += len(missing)
-        total = len(missing)
-        for start in range(0, total, self.batch_size):
-            batch = missing[start : start + self.batch_size]
+            first_index.setdefault(key, i)
+        todo = [g for g in self.groups(lengths) if any(k not in stored for k in g)]
+        missing = sum(1 for k in first_index if k not in stored)
+        self.stats["hits"] += sum(1 for k in keys if k in stored)
+        self.stats["misses"] += missing
+        done = 0
+        for group in todo:
             t0 = time.perf_counter()
-            results = run([prompts[first_index[k]] for k in batch])
+            results = run([prompts[first_index[k]] for k in group])
             elapsed = time.perf_counter() - t0
-            if len(results) != len(batch):
-                raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} prompts")
+            if len(results) != len(group):
+                raise RuntimeError(f"backend returned {len(results)} results for {len(group)} prompts")
             self.stats["backend_calls"] += 1
             self.stats["seconds"] += elapsed
             now = time.time()
             rows = []
-            for key, result in zip(batch, results, strict=True):
+            for key, result in zip(group, results, strict=True):
                 text, logprobs, prompt_tokens, completion_tokens = row(result)
                 self.stats["prompt_tokens"] += prompt_tokens
                 self.stats["completion_tokens"] += completion_tokens
+                if key in stored:
+                    self.stats["group_reruns"] += 1  # computed only to keep the group's batch intact
+                    continue
                 rows.append(
                     (key, kind, self.backend.model_id, self.backend.weights_hash, request,
                      text, logprobs, prompt_tokens, completion_tokens, now)
-                )
+                )  # fmt: skip
                 fresh[key] = result
-            with self._conn:  # one transaction per batch: committed before the next batch starts
+            with self._conn:  # one transaction per group: committed before the next group starts
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO generations (key, kind, model_id, weights_hash, request, text, "
                     "logprobs, prompt_tokens, completion_tokens, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
-            done = min(start + self.batch_size, total)
+            done += len(rows)
             if self.progress is not None:
                 self.progress(
-                    f"{self.model_id}: {done}/{total} {kind} requests generated "
-                    f"({len(keys) - total} from cache, {elapsed:.1f}s for the last batch)"
+                    f"{self.model_id}: {done}/{missing} {kind} requests generated "
+                    f"({len(first_index) - missing} from cache, {elapsed:.1f}s for the last batch)"
                 )
 
     def __len__(self) -> int:

@@ -43,6 +43,19 @@ log = logging.getLogger(__name__)
 __all__ = ["TransformersLLM", "default_generator_path"]
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bfloat16 matrix work natively (AVX512-BF16 or AMX), per oneDNN.
+
+    Without it bfloat16 is emulated and slower than float32.
+    """
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
 class TransformersLLM:
     """A causal LM run in-process with transformers; implements :class:`LLMBackend`.
 
@@ -55,7 +68,10 @@ class TransformersLLM:
             has one); ``False`` feeds prompts verbatim.
         max_prompt_tokens: longer prompts lose their middle (see
             :func:`retriever_forge.llm.decoding.encode_rendered`).
-        dtype: ``"auto"`` (float32 on CPU, bfloat16 on CUDA) or a torch dtype name.
+        dtype: ``"auto"`` or a torch dtype name. ``auto`` is bfloat16 on CUDA and on CPUs with
+            native bfloat16 arithmetic (AVX512-BF16 or AMX: prefill ~3x faster than float32 on
+            two EPYC cores, greedy outputs identical for 54 of 64 cacm prompts, judge grades
+            within 0.02 on average), float32 on other CPUs. See :attr:`numerics`.
         convert_gguf: load a GGUF through a one-off Hugging Face conversion kept in the cache dir
             (same weights, ~1 s loads instead of ~30 s); ``False`` parses the GGUF every time.
 
@@ -100,7 +116,7 @@ class TransformersLLM:
         return cls(folder, gguf_file=name, **kwargs)
 
     def __repr__(self) -> str:
-        return f"TransformersLLM(model_id={self.model_id!r}, device={self.device!r}, batch_size={self.batch_size})"
+        return f"TransformersLLM(model_id={self.model_id!r}, device={self.device!r}, dtype={self.dtype!r}, batch_size={self.batch_size})"
 
     def variant(self, **overrides) -> TransformersLLM:
         """A copy with other settings (``chat_template``, ``batch_size``...) sharing the loaded model.
@@ -150,11 +166,8 @@ class TransformersLLM:
                 import torch
                 from transformers import AutoModelForCausalLM
 
-                device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-                if self.dtype == "auto":
-                    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-                else:
-                    dtype = getattr(torch, self.dtype)
+                device = self._device()
+                dtype = getattr(torch, self.numerics)
                 source, kwargs = self._load_source()
                 log.info("loading %s from %s on %s", self.model_id, source, device)
                 model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
@@ -162,6 +175,23 @@ class TransformersLLM:
                 self.device = device
                 _ = self.tokenizer
             return self._model
+
+    def _device(self) -> str:
+        import torch
+
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    @property
+    def numerics(self) -> str:
+        """The dtype the weights are computed in (``"bfloat16"`` / ``"float32"``...).
+
+        Part of every cache key and provenance record: bfloat16 and float32 runs of the same
+        weights give slightly different outputs, so neither may answer for the other.
+        """
+        if self.dtype != "auto":
+            return self.dtype
+        device = self._device()
+        return "bfloat16" if device.startswith("cuda") or (device == "cpu" and cpu_has_native_bf16()) else "float32"
 
     @property
     def weights_hash(self) -> str:

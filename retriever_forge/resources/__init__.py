@@ -60,6 +60,10 @@ class LLMResource(dg.ConfigurableResource):
     gguf_file: str | None = Field(default=None, description="GGUF file name inside `model` (transformers).")
     device: str | None = Field(default=None, description="cpu / cuda; default: cuda when available.")
     batch_size: int = Field(default=16, description="Prompts per forward pass / per request wave.")
+    dtype: str = Field(
+        default="auto",
+        description="transformers/vllm: compute dtype; auto = bfloat16 on GPUs and CPUs with native bf16, else float32.",
+    )
     base_url: str | None = Field(default=None, description="openai backend: server URL, e.g. http://localhost:8000/v1")
     api_key_env: str = Field(default="OPENAI_API_KEY", description="Name of the env var holding the API key (never the key).")
     max_concurrency: int = Field(default=8, description="openai backend: concurrent requests.")
@@ -76,7 +80,7 @@ class LLMResource(dg.ConfigurableResource):
 
         if self.backend == "transformers":
             kwargs = {"model": self.model, "gguf_file": self.gguf_file, "device": self.device,
-                      "batch_size": self.batch_size, "chat_template": chat}  # fmt: skip
+                      "batch_size": self.batch_size, "chat_template": chat, "dtype": self.dtype}  # fmt: skip
         elif self.backend == "openai":
             if not self.base_url:
                 raise ValueError("LLMResource: backend 'openai' needs base_url (e.g. http://localhost:8000/v1)")
@@ -84,7 +88,7 @@ class LLMResource(dg.ConfigurableResource):
                       "max_concurrency": self.max_concurrency, "chat": chat}  # fmt: skip
         elif self.backend == "vllm":
             kwargs = {"model": self.model, "gguf_file": self.gguf_file, "tensor_parallel_size": self.tensor_parallel_size,
-                      "chat_template": chat}  # fmt: skip
+                      "chat_template": chat, "dtype": self.dtype}  # fmt: skip
         else:
             raise ValueError(f"LLMResource: unknown backend {self.backend!r} (transformers, vllm, openai)")
         cache = Path(self.cache_path) if self.cache_path else default_cache_dir / "generations.sqlite"

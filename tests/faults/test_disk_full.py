@@ -142,11 +142,12 @@ def test_llm_cache_on_a_full_disk_keeps_committed_batches(tmp_path):
     llm.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert db.execute("SELECT COUNT(*) FROM generations").fetchone()[0] == 6
+        stored = db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+    assert 3 < stored < len(prompts), "the groups committed before the disk filled are kept, the one in flight is not"
     retry_backend = VerboseLLM()
     with CachedLLM(retry_backend, path, batch_size=3) as again:  # space freed
         out = again.generate(prompts, params)
-    assert retry_backend.prompts_seen == 6  # the batches committed before the disk filled were kept
+        assert again.stats["hits"] == stored and again.stats["misses"] == len(prompts) - stored
     assert [g.text for g in out] == [VerboseLLM.answer(p) for p in prompts]
 
 

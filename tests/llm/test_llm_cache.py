@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from retriever_forge.llm import CachedLLM, SamplingParams
+from retriever_forge.llm import CachedLLM, Generation, SamplingParams
 
 PARAMS = SamplingParams(temperature=0.0, max_new_tokens=6)
 PASSAGES = [
@@ -46,6 +46,10 @@ class CountingBackend:
     @property
     def weights_hash(self) -> str:
         return self._weights_hash or self.inner.weights_hash
+
+    @property
+    def numerics(self) -> str | None:
+        return getattr(self.inner, "numerics", None)
 
     def render_prompt(self, prompt: str) -> str:
         return self.inner.render_prompt(prompt)
@@ -161,7 +165,7 @@ def test_sigkill_mid_run_keeps_committed_batches(smollm, reference, tmp_path):
             # Real model; after two batches each batch sleeps, so the parent can kill it mid-batch.
             def __init__(self, inner):
                 self.inner, self.model_id, self.n = inner, inner.model_id, 0
-                self.weights_hash = inner.weights_hash
+                self.weights_hash, self.numerics = inner.weights_hash, inner.numerics
             def render_prompt(self, p):
                 return self.inner.render_prompt(p)
             def generate(self, prompts, params):
@@ -170,7 +174,7 @@ def test_sigkill_mid_run_keeps_committed_batches(smollm, reference, tmp_path):
                     time.sleep(60)
                 return self.inner.generate(prompts, params)
 
-        llm = CachedLLM(SlowAfterTwo(TransformersLLM.default()), sys.argv[1], batch_size=2,
+        llm = CachedLLM(SlowAfterTwo(TransformersLLM.default(dtype="float32")), sys.argv[1], batch_size=2,
                         progress=lambda m: print("BATCH", m, flush=True))
         llm.generate({json.dumps(PROMPTS)}, SamplingParams(**{json.dumps(PARAMS.as_dict())}))
         """
@@ -197,3 +201,59 @@ def test_sigkill_mid_run_keeps_committed_batches(smollm, reference, tmp_path):
     assert resumed.generated == len(PROMPTS) - 4
     assert [g.text for g in out] == reference
     assert sum(g.cached for g in out) == 4
+
+
+class NeighbourSensitive:
+    """A backend whose answer to a prompt depends on the rest of its batch, as bf16 and GPU
+    kernels' rounding does: the worst case for reproducing a run after a crash."""
+
+    model_id = "neighbour-sensitive"
+    weights_hash = "e" * 64
+    numerics = "bfloat16"
+
+    def __init__(self, fail_on_call: int | None = None):
+        self.fail_on_call, self.calls = fail_on_call, []
+
+    def generate(self, prompts, params):
+        self.calls.append(list(prompts))
+        if len(self.calls) == self.fail_on_call:
+            raise RuntimeError("simulated crash in the middle of a run")
+        batch = "+".join(sorted(p[-3:] for p in prompts))
+        return [Generation(f"{p[-3:]} next to {batch}", 1, 1) for p in prompts]
+
+
+def test_resumed_run_rebuilds_the_same_batches_as_an_uninterrupted_one(tmp_path):
+    prompts = [f"prompt {i:03d}" for i in range(11)] + ["a much longer prompt 011", "prompt 000"]
+    with CachedLLM(NeighbourSensitive(), tmp_path / "whole.sqlite", batch_size=4) as llm:
+        whole = [g.text for g in llm.generate(prompts, PARAMS)]
+    crashing = NeighbourSensitive(fail_on_call=2)
+    with CachedLLM(crashing, tmp_path / "c.sqlite", batch_size=4) as llm, pytest.raises(RuntimeError, match="simulated crash"):
+        llm.generate(prompts, PARAMS)
+    # The rerun sees some of its prompts cached; it must not regroup the rest around them.
+    resumed = NeighbourSensitive()
+    with CachedLLM(resumed, tmp_path / "c.sqlite", batch_size=4) as llm:
+        again = [g.text for g in llm.generate(prompts, PARAMS)]
+        assert llm.stats["hits"] == 4 and llm.stats["misses"] == 8 and llm.stats["group_reruns"] == 0
+    assert again == whole
+    assert [len(c) for c in resumed.calls] == [4, 4], "the two unfinished groups, whole"
+    # A later call over a superset regroups, but never overwrites or re-asks a stored answer.
+    with CachedLLM(resumed, tmp_path / "c.sqlite", batch_size=4) as llm:
+        more = [g.text for g in llm.generate(["prompt 999", *prompts], PARAMS)]
+        assert more[1:] == whole and llm.stats["misses"] == 1
+        assert llm.stats["group_reruns"] == 3, "its group's three cached neighbours ran only to fill the batch"
+
+
+def test_key_covers_numerics(tmp_path):
+    from retriever_forge.llm import TransformersLLM
+    from retriever_forge.llm.transformers_backend import cpu_has_native_bf16
+
+    assert TransformersLLM.default().numerics == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert TransformersLLM.default(dtype="float32").numerics == "float32"
+    bf16 = NeighbourSensitive()
+    with CachedLLM(bf16, tmp_path / "c.sqlite") as llm:
+        llm.generate(PROMPTS[:2], PARAMS)
+    fp32 = NeighbourSensitive()
+    fp32.numerics = "float32"
+    with CachedLLM(fp32, tmp_path / "c.sqlite") as llm:
+        llm.generate(PROMPTS[:2], PARAMS)
+    assert len(fp32.calls) == 1, "float32 answers are not bfloat16 answers: same weights, other numerics"
