@@ -4,7 +4,7 @@ A small, explicit PyTorch loop rather than sentence-transformers' trainer, becau
 list-wise loss needs per-example lists with grades and TAS needs its own batch order:
 
 * AdamW (no decay on biases and LayerNorm) with transformers' linear warmup/decay schedule,
-  gradient clipping, bf16 autocast on CUDA;
+  gradient clipping, bf16 autocast where bf16 is native (CUDA, CPUs with AVX512-BF16/AMX);
 * losses from :mod:`retriever_forge.losses` (``infonce``, ``graded`` or their sum);
 * batches from :mod:`retriever_forge.batching`, fixed by ``(seed, epoch)``, with no two
   queries of a batch sharing a positive;
@@ -45,6 +45,7 @@ from retriever_forge import losses
 from retriever_forge.batching import TopicBatcher, no_duplicate_positives, shuffled_batches
 from retriever_forge.encoding import model_folder_hash, resolve_model_path
 from retriever_forge.hashing import hash_bytes, hash_json
+from retriever_forge.numerics import autocast_device_type, bf16_is_native
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class TrainingConfig:
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
     time_budget_s: float | None = None  # stop (keeping the best weights) once exceeded
-    bf16: bool = True  # autocast to bfloat16 on CUDA only
+    bf16: bool = True  # autocast to bfloat16 where it is native (see retriever_forge.numerics); float32 elsewhere
     seed: int = 0
     device: str | None = None
 
@@ -124,6 +125,7 @@ class TrainingResult:
     best_step: int = 0
     stopped_early: bool = False
     device: str = "cpu"
+    precision: str = "float32"  # or "bfloat16-autocast"
     examples_seen: int = 0
     seconds: float = 0.0
     stop_reason: str = "completed"  # completed / early_stopping / time_budget / max_steps
@@ -234,7 +236,8 @@ def _embed(model, texts: list[str], device: str, chunk: int = 64, grad_cache_chu
         for idx in chunks:
             rng_before.append(_rng_state())
             parts.append(_encode_chunk(model, texts, idx, device))
-    use_amp = device.startswith("cuda") and torch.is_autocast_enabled("cuda")
+    device_type = autocast_device_type(device)
+    use_amp = torch.is_autocast_enabled(device_type)
 
     def replay(grad: torch.Tensor) -> None:
         # Runs inside the loss's backward pass: re-encode each chunk with gradients and push
@@ -243,7 +246,7 @@ def _embed(model, texts: list[str], device: str, chunk: int = 64, grad_cache_chu
         offset = 0
         for idx, state in zip(chunks, rng_before, strict=True):
             _set_rng_state(state)
-            with torch.enable_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with torch.enable_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
                 emb = _encode_chunk(model, texts, idx, device)
             torch.autograd.backward(emb, grad[offset : offset + len(idx)])
             offset += len(idx)
@@ -468,7 +471,7 @@ def train_encoder(
     output_dir = Path(output_dir)
     ckpt_root = output_dir / "checkpoints"
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    use_bf16 = cfg.bf16 and device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    use_bf16 = cfg.bf16 and bf16_is_native(device)
 
     torch.manual_seed(cfg.seed)
     base_path = resolve_model_path(base_model)
@@ -487,6 +490,7 @@ def train_encoder(
             "base": model_folder_hash(base_path) if Path(base_path).exists() else base_path,
             "examples": _frame_digest(examples),
             "config": cfg.fingerprint_fields(),
+            "precision": "bfloat16-autocast" if use_bf16 else "float32",
         }
     )
     plan = _plan_batches(train, cfg, model, device)
@@ -552,7 +556,7 @@ def train_encoder(
         run_eval()
 
     model.train()
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16)
+    autocast = torch.autocast(device_type=autocast_device_type(device), dtype=torch.bfloat16, enabled=use_bf16)
     steps_per_epoch = [len(p) for p in plan]
     while state["stop_reason"] is None:
         if state["step"] >= total_steps:
@@ -619,6 +623,7 @@ def train_encoder(
         best_step=state["best_step"],
         stopped_early=state["stop_reason"] in ("early_stopping", "time_budget"),
         device=device,
+        precision="bfloat16-autocast" if use_bf16 else "float32",
         examples_seen=state["examples_seen"],
         seconds=round(seconds_before + time.monotonic() - started, 3),
         stop_reason=state["stop_reason"],

@@ -37,23 +37,11 @@ from retriever_forge.llm.weights import (
     gguf_to_hf_folder,
     local_weights_hash,
 )
+from retriever_forge.numerics import bf16_is_native
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TransformersLLM", "default_generator_path"]
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU does bfloat16 matrix work natively (AVX512-BF16 or AMX), per oneDNN.
-
-    Without it bfloat16 is emulated and slower than float32.
-    """
-    import torch
-
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without oneDNN
-        return False
 
 
 class TransformersLLM:
@@ -191,7 +179,7 @@ class TransformersLLM:
         if self.dtype != "auto":
             return self.dtype
         device = self._device()
-        return "bfloat16" if device.startswith("cuda") or (device == "cpu" and cpu_has_native_bf16()) else "float32"
+        return "bfloat16" if device.startswith("cuda") or bf16_is_native(device) else "float32"
 
     @property
     def weights_hash(self) -> str:

@@ -245,7 +245,7 @@ def test_resumed_run_rebuilds_the_same_batches_as_an_uninterrupted_one(tmp_path)
 
 def test_key_covers_numerics(tmp_path):
     from retriever_forge.llm import TransformersLLM
-    from retriever_forge.llm.transformers_backend import cpu_has_native_bf16
+    from retriever_forge.numerics import cpu_has_native_bf16
 
     assert TransformersLLM.default().numerics == ("bfloat16" if cpu_has_native_bf16() else "float32")
     assert TransformersLLM.default(dtype="float32").numerics == "float32"
