@@ -47,8 +47,9 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from retriever_forge.datasets import passage_text_expr  # noqa: E402
 from retriever_forge.encoding import encode, load_encoder  # noqa: E402
-from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives, mining_summary, passage_text_expr  # noqa: E402
+from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives, mining_summary  # noqa: E402
 from retriever_forge.training import TrainingConfig, train_encoder  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

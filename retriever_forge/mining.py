@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from retriever_forge.datasets import passage_text_expr
 from retriever_forge.schemas import HARD_NEGATIVE_CANDIDATES, TRAINING_EXAMPLES, conform
 
 log = logging.getLogger(__name__)
@@ -77,21 +78,6 @@ class MiningConfig:
             raise ValueError("negatives_per_query and bm25_candidates must be >= 0")
         if self.index_type not in ("auto", "flat", "hnsw", "ivf"):
             raise ValueError(f"unknown index_type {self.index_type!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# Passage text: one convention for every stage.
-
-
-def passage_text_expr(title: str = "title", text: str = "text") -> pl.Expr:
-    """:func:`retriever_forge.datasets.passage_text` as a polars expression (same result, vectorised).
-
-    >>> pl.DataFrame({"title": ["T", ""], "text": ["body", "only"]}).select(passage_text_expr())["title"].to_list()
-    ['T: body', 'only']
-    """
-    t = pl.col(title).fill_null("").str.strip_chars()
-    x = pl.col(text).fill_null("").str.strip_chars()
-    return pl.when((t != "") & (x != "")).then(pl.concat_str([t, pl.lit(": "), x])).when(t != "").then(t).otherwise(x)
 
 
 # --------------------------------------------------------------------------------------------

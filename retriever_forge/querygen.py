@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from retriever_forge import schemas
-from retriever_forge.datasets import passage_text
+from retriever_forge.datasets import passage_text, passage_text_expr
 from retriever_forge.hashing import hash_text
 from retriever_forge.llm.base import LLMBackend, SamplingParams
 from retriever_forge.prompts import PromptTemplate, load_template
@@ -49,6 +49,10 @@ STYLE_TEMPLATES = {
 @dataclass
 class QueryGenerationConfig:
     documents_to_sample: int | None = 200  # None: every passage
+    # Passages shorter than this (title included) are not asked about: a bare title such as
+    # "PSIF (Algorithm 147)" gives a 135M model nothing to write a query from. They stay in the
+    # corpus as retrieval targets and negatives.
+    min_passage_words: int = 0
     queries_per_document: int = 1  # styles are used round-robin: question, keywords, claim
     styles: tuple[str, ...] = ("question", "keywords", "claim")
     instruction: str = ""  # optional corpus-specific instruction inserted into the prompt
@@ -121,7 +125,16 @@ def _split_of(doc_id: str, config: QueryGenerationConfig) -> str:
 # --------------------------------------------------------------------------- generation
 
 
-def sample_documents(corpus: pl.DataFrame, n: int | None, seed: int) -> pl.DataFrame:
+def sample_documents(corpus: pl.DataFrame, n: int | None, seed: int, min_words: int = 0) -> pl.DataFrame:
+    """``n`` passages (all when ``None``) of at least ``min_words`` words, drawn with ``seed``.
+
+    >>> corpus = pl.DataFrame({"doc_id": ["a", "b", "c"], "title": ["T", "", "Short"], "text": ["one two three", "four", ""]})
+    >>> sample_documents(corpus, None, 0, min_words=2)["doc_id"].to_list()
+    ['a']
+    """
+    if min_words > 0:
+        words = corpus.select(passage_text_expr().str.count_matches(r"\S+").alias("n"))["n"]
+        corpus = corpus.filter(words >= min_words)
     if n is None or n >= corpus.height:
         return corpus
     return corpus.sample(n=n, seed=seed, shuffle=False).sort("doc_id")
@@ -155,7 +168,9 @@ def generate_synthetic_queries(
     params = SamplingParams(
         temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed, stop=("\n",)
     )
-    docs = sample_documents(corpus, config.documents_to_sample, config.seed)
+    docs = sample_documents(corpus, config.documents_to_sample, config.seed, config.min_passage_words)
+    if docs.height == 0:
+        raise ValueError(f"no passage has at least {config.min_passage_words} words (min_passage_words) to write queries for")
     instruction = f"{config.instruction.strip()}\n\n" if config.instruction.strip() else ""
     jobs = []
     for doc in docs.iter_rows(named=True):

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from retriever_forge.datasets import passage_text
+from retriever_forge.datasets import passage_text, passage_text_expr
 from retriever_forge.mining import (
     BM25Index,
     MiningConfig,
@@ -17,7 +17,6 @@ from retriever_forge.mining import (
     build_training_examples,
     mine_hard_negatives,
     mining_summary,
-    passage_text_expr,
     retrieve_candidates,
     search,
 )

@@ -35,6 +35,7 @@ from retriever_forge.search import exact_search
 
 class SyntheticQueriesConfig(dg.Config):
     documents_to_sample: int | None = Field(default=200, description="Passages to write queries for (null: all).")
+    min_passage_words: int = Field(default=0, description="Passages shorter than this (title included) get no queries.")
     queries_per_document: int = Field(default=1, description="Queries per passage; styles are used round-robin.")
     styles: list[str] = Field(default=["question", "keywords", "claim"], description=f"Query styles: {sorted(STYLE_TEMPLATES)}.")
     instruction: str = Field(default="", description="Optional corpus-specific instruction added to the prompt.")
@@ -89,6 +90,7 @@ def synthetic_queries(
     has_human_judgments = store.read_table(eval_qrels).height > 0
     qg = QueryGenerationConfig(
         documents_to_sample=values["documents_to_sample"],
+        min_passage_words=values["min_passage_words"],
         queries_per_document=values["queries_per_document"],
         styles=tuple(values["styles"]),
         instruction=values["instruction"],
