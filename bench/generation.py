@@ -119,6 +119,7 @@ def measure(name: str, llm, prompts: list[str], params: SamplingParams, batch_si
         "prompts_sha256": hash_text("\n".join(prompts))[:16],  # same workload in every venv
         "sampling": params.cache_key(),
         "model": llm.model_id,
+        "numerics": getattr(llm, "numerics", None),
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
         "load_avg_before": load_before,
@@ -138,6 +139,8 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     groups: dict[tuple[str, str], list[dict]] = {}
+    lines[0] = lines[0].replace("| mode |", "| numerics | mode |")
+    lines[1] = "|---" + lines[1]
     for r in rows:
         groups.setdefault((r["backend"], r["mode"]), []).append(r)
     for (backend, mode), runs in groups.items():
@@ -145,7 +148,7 @@ def markdown(rows: list[dict]) -> str:
         ratios = [baseline[r["round"]] / r["seconds"] for r in runs if r["round"] in baseline]
         speedup = f"{statistics.median(ratios):.2f}×" if ratios and backend == "transformers" else "—"
         lines.append(
-            f"| {backend} | {mode} | {len(runs)} | {runs[0]['prompts']} | {runs[0]['completion_tokens']} | {seconds:.1f} | "
+            f"| {backend} | {runs[0].get('numerics')} | {mode} | {len(runs)} | {runs[0]['prompts']} | {runs[0]['completion_tokens']} | {seconds:.1f} | "
             f"{runs[0]['completion_tokens'] / seconds:.1f} | {runs[0]['prompts'] / seconds:.2f} | {speedup} |"
         )
     return "\n".join(lines)
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are quoted")
     parser.add_argument("--workload", choices=["inpars", "chat"], default="inpars")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--dtype", default="auto", help="transformers compute dtype: auto (bf16 where native), float32, bfloat16")
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
 
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if "transformers" in backends:
-        llm = TransformersLLM(folder, gguf_file=name, chat_template=chat)
+        llm = TransformersLLM(folder, gguf_file=name, chat_template=chat, dtype=args.dtype)
         llm.load()
         # Rounds alternate the modes (1, 16, 32, 1, 16, 32...): background load on a shared
         # machine then weighs on every mode alike, and each round gives one ratio per mode.

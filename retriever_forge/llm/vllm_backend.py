@@ -37,9 +37,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+from pathlib import Path
 
 from retriever_forge.llm.base import Generation, SamplingParams
 from retriever_forge.llm.decoding import (
@@ -184,6 +186,20 @@ class VLLMBackend:
 
                     self._tokenizer = AutoTokenizer.from_pretrained(self._folder())
             return self._tokenizer
+
+    @property
+    def numerics(self) -> str:
+        """The dtype vLLM computes in: ``dtype`` when given; with ``auto``, float32 on CPU (this
+        backend's choice: bf16 garbled the 135M model there) and on GPUs vLLM's own rule (the
+        config's bfloat16, else float16). Part of the cache key, like the weights hash."""
+        if self.dtype != "auto":
+            return self.dtype
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cuda_alike():
+            return "float32"
+        config = json.loads((Path(self._folder()) / "config.json").read_text()) if Path(self._folder()).is_dir() else {}
+        return "bfloat16" if str(config.get("torch_dtype", config.get("dtype", ""))) == "bfloat16" else "float16"
 
     @property
     def weights_hash(self) -> str:

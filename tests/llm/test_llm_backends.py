@@ -34,6 +34,9 @@ def test_backend_implements_protocol(backend):
     digest = backend.weights_hash
     assert len(digest) == 64 and int(digest, 16) >= 0
     assert backend.weights_hash == digest
+    # Local backends name the dtype they compute in (it joins the cache key); here both are
+    # float32 (the fixture's choice for transformers, vLLM's CPU default). Remote ones cannot know.
+    assert getattr(backend, "numerics", "float32") == "float32"
 
 
 def test_output_order_matches_input_and_greedy_is_deterministic(backend):
