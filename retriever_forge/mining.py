@@ -11,7 +11,10 @@ Filters, applied in this order (the first that fires names the row):
 * ``margin`` - NV-Retriever's positive-aware filters (Moreira et al. 2024): TopK-PercPos drops a
   candidate scoring above ``relative_margin * positive_score``, TopK-MarginPos one scoring above
   ``positive_score - absolute_margin``;
-* ``judge`` - an LLM judge's expected grade at or above ``judge_threshold``;
+* ``judge`` - an LLM judge's expected grade at or above ``judge_threshold`` or, positive-aware
+  like TopK-PercPos but on the judge's scale, at or above ``judge_margin`` times the grade the
+  judge gave the query's own positive (a weak judge's absolute grades sit in a narrow band;
+  its comparison of candidate and positive is still informative);
 * ``guide`` - GISTEmbed (Solatorio 2024): a guide encoder finds the candidate more similar to the
   query than the positive is;
 * ``surplus`` - kept, but beyond ``negatives_per_query``.
@@ -64,6 +67,7 @@ class MiningConfig:
     relative_margin: float | None = 0.95  # TopK-PercPos
     absolute_margin: float | None = None  # TopK-MarginPos
     judge_threshold: float | None = 2.0
+    judge_margin: float | None = None  # drop judged grade >= judge_margin * the positive's judged grade
     use_guide: bool = False
     bm25_candidates: int = 0
     exact_search_max_docs: int = 200_000
@@ -448,8 +452,14 @@ def _filter_chunk(cfg, qids, dids, q_pos, d_pos, rank, score, source, pos_rows, 
         keys = pl.DataFrame({"query_id": _gather(qids, q_pos), "doc_id": _gather(dids, d_pos)})
         judged = keys.join(grades, on=["query_id", "doc_id"], how="left", maintain_order="left")["judged_grade"].to_numpy()
         judged = np.asarray(judged, dtype=np.float64)
+        known = np.nan_to_num(judged, nan=-np.inf)
         if cfg.judge_threshold is not None:
-            mark(np.nan_to_num(judged, nan=-np.inf) >= cfg.judge_threshold, 4)
+            mark(known >= cfg.judge_threshold, 4)
+        if cfg.judge_margin is not None:
+            pos_keys = pl.DataFrame({"query_id": keys["query_id"], "doc_id": _gather(dids, pos_rows[q_pos])})
+            judged_pos = pos_keys.join(grades, on=["query_id", "doc_id"], how="left", maintain_order="left")["judged_grade"]
+            # Only where both were judged: an unjudged positive gives no anchor.
+            mark(known >= cfg.judge_margin * np.nan_to_num(judged_pos.to_numpy().astype(np.float64), nan=np.inf), 4)
     if guide_score is not None:
         mark(guide_score > guide_positive[q_pos], 5)
 

@@ -35,7 +35,7 @@ def unit(*angles_deg: float) -> np.ndarray:
 ANGLES = [0, 10, 20, 30, 40, 50, 60, 70]
 DOCS = [f"d{i}" for i in range(len(ANGLES))]
 QUERY = np.array([[1.0, 0.0]], dtype=np.float32)
-OFF = dict(relative_margin=None, absolute_margin=None, judge_threshold=None)
+OFF = dict(relative_margin=None, absolute_margin=None, judge_threshold=None, judge_margin=None)
 
 
 def mine(positive: str = "d2", **cfg) -> pl.DataFrame:
@@ -90,6 +90,21 @@ def test_judge_filter_drops_expected_grade_at_or_above_threshold():
     assert r["d4"] == "judge" and r["d6"] == "judge" and r["d5"] is None
     grades = dict(zip(df["doc_id"], df["judged_grade"], strict=True))
     assert grades["d5"] == pytest.approx(1.99) and grades["d7"] is None
+
+
+def test_positive_aware_judge_drops_candidates_graded_near_the_positive():
+    # The judge gave the positive d0 0.8: with judge_margin 1.0, d4 (0.8) and d6 (0.95) are
+    # judged at least as relevant and dropped; d5 (0.7) stays, and unjudged d7 is not touched.
+    judgments = pl.DataFrame({"query_id": ["q"] * 4, "doc_id": ["d0", "d4", "d5", "d6"], "expected_grade": [0.8, 0.8, 0.7, 0.95]})
+    config = MiningConfig(rank_start=1, rank_end=8, negatives_per_query=8, **{**OFF, "judge_margin": 1.0})
+    r = reasons(mine_hard_negatives(QUERY, unit(*ANGLES), ["q"], ["d0"], DOCS, config, judgments=judgments))
+    assert [k for k, v in r.items() if v == "judge"] == ["d4", "d6"] and r["d7"] is None
+    looser = MiningConfig(rank_start=1, rank_end=8, negatives_per_query=8, **{**OFF, "judge_margin": 1.1})
+    r = reasons(mine_hard_negatives(QUERY, unit(*ANGLES), ["q"], ["d0"], DOCS, looser, judgments=judgments))
+    assert [k for k, v in r.items() if v == "judge"] == ["d6"]  # 0.95 >= 1.1 * 0.8 = 0.88
+    # No judged positive, no anchor: nothing is dropped.
+    r = reasons(mine_hard_negatives(QUERY, unit(*ANGLES), ["q"], ["d0"], DOCS, config, judgments=judgments.filter(pl.col("doc_id") != "d0")))
+    assert "judge" not in r.values()
 
 
 def test_judgments_off_records_grades_but_drops_nothing():

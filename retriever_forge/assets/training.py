@@ -44,6 +44,10 @@ class HardNegativesConfig(dg.Config):
     judge_threshold: float | None = Field(
         default=_MINING_DEFAULTS.judge_threshold, description="Drop candidates whose judged expected grade >= threshold (null: off)."
     )
+    judge_margin: float | None = Field(
+        default=_MINING_DEFAULTS.judge_margin,
+        description="Positive-aware judge filter: drop judged grade >= margin * the positive's judged grade (null: off).",
+    )
     guide_model: str | None = Field(default=None, description="GISTEmbed guide encoder (null: off).")
     bm25_candidates: int = Field(default=_MINING_DEFAULTS.bm25_candidates, description="BM25 candidates mixed in per query.")
     seed: int = 0
