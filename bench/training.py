@@ -3,7 +3,9 @@
 Same base model, same examples (query, positive, 3 negatives), same batch size (32), same
 learning rate and warmup, same maximum length (128 tokens), same loss (InfoNCE with in-batch
 negatives at temperature 0.05 == ``MultipleNegativesRankingLoss(scale=20)``), no duplicate
-positives within a batch on both sides, no evaluation. Each side's timing covers a whole
+positives within a batch on both sides, no evaluation, same precision (``--precision``:
+float32, or bfloat16 autocast on both sides — the project's default where bf16 is native,
+``bf16=True`` for the sentence-transformers trainer). Each side's timing covers a whole
 user-visible run: load the base model, train one pass over the examples, write the model
 folder. The sides alternate (A B A B ...) in one process.
 
@@ -64,7 +66,7 @@ def forge_side(model_path: str, examples, scratch: Path, args):
 
     cfg = TrainingConfig(epochs=1, batch_size=args.batch_size, learning_rate=2e-5, temperature=0.05, loss="infonce",
                          negatives_per_example=args.negatives, max_seq_length=args.max_seq_length, eval_at_start=False, seed=0,
-                         device="cpu")  # fmt: skip
+                         device="cpu", bf16=args.precision == "bf16")  # fmt: skip
 
     def run():
         out = scratch / "forge"
@@ -97,7 +99,7 @@ def st_side(model_path: str, examples, scratch: Path, args):
         training_args = SentenceTransformerTrainingArguments(
             output_dir=str(out / "trainer"), num_train_epochs=1, per_device_train_batch_size=args.batch_size, learning_rate=2e-5,
             warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, seed=0, save_strategy="no", report_to="none",
-            logging_steps=1, batch_sampler=BatchSamplers.NO_DUPLICATES, use_cpu=True, disable_tqdm=True,
+            logging_steps=1, batch_sampler=BatchSamplers.NO_DUPLICATES, use_cpu=True, disable_tqdm=True, bf16=args.precision == "bf16",
         )  # fmt: skip
         trainer = SentenceTransformerTrainer(
             model=model, args=training_args, train_dataset=dataset, loss=losses.MultipleNegativesRankingLoss(model, scale=20.0)
@@ -119,12 +121,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--precision", choices=["float32", "bf16"], default=None, help="both sides; default: bf16 where it is native")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
     from retriever_forge.encoding import resolve_model_path
 
     threads = set_threads(args.threads)
+    if args.precision is None:
+        from retriever_forge.numerics import bf16_is_native
+
+        args.precision = "bf16" if bf16_is_native("cpu") else "float32"
     model_path = resolve_model_path(args.model)
     emit = Emitter(args.out)
     scratch = Path(tempfile.mkdtemp(prefix="bench-training-"))
@@ -146,6 +153,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "batch_size": args.batch_size,
                     "negatives": args.negatives,
                     "max_seq_length": args.max_seq_length,
+                    "precision": args.precision,
+                    "forge_precision": out["forge"].precision,
                     "forge_steps": len(out["forge"].history),
                     "st_steps": st_steps,
                     "forge_examples_per_s": round(n / summary["forge_median_s"], 2),
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print()
-    print(markdown(emit.rows, ["dataset", "examples", "batch_size", "negatives", "forge_examples_per_s", "st_examples_per_s",
+    print(markdown(emit.rows, ["dataset", "precision", "examples", "batch_size", "negatives", "forge_examples_per_s", "st_examples_per_s",
                                "speedup_median", "speedup_min", "speedup_max", "rounds"]))  # fmt: skip
     return emit.rows
 

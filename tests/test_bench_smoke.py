@@ -77,6 +77,8 @@ def test_training_bench(tiny_model, capsys):
     rows = _load("training").main(args)
     (row,) = _check(capsys, rows, {"forge_examples_per_s", "st_examples_per_s", "speedup_median", "forge_steps", "st_steps"}, 1)
     assert row["forge_steps"] == row["st_steps"] == 2
+    # Both sides in one precision; the project's side reports what it actually ran in.
+    assert row["forge_precision"] == ("bfloat16-autocast" if row["precision"] == "bf16" else "float32")
 
 
 def test_index_bench(tiny_model, tmp_path, capsys):
