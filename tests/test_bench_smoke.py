@@ -103,3 +103,47 @@ def test_end_to_end_bench(capsys):
     rows = _load("end_to_end").main(["--datasets", "demo", "--job", "data_stage"])
     (row,) = _check(capsys, rows, {"dataset", "setting", "seconds", "cpu_seconds", "peak_rss_mb"}, 1)
     assert row["dataset"] == "demo" and row["seconds"] > 0
+
+
+def _tiny_beir(folder: Path) -> Path:
+    """A BEIR folder that is none of ../shared's: 30 stdlib docstring passages, 6 judged queries."""
+    import textwrap
+
+    common = _load("_common")
+    doc_ids, texts = common.workload("synthetic-30")
+    folder.mkdir(parents=True)
+    with open(folder / "corpus.jsonl", "w") as f:
+        for d, t in zip(doc_ids, texts, strict=True):
+            f.write(json.dumps({"_id": d, "title": "", "text": t}) + "\n")
+    with open(folder / "queries.jsonl", "w") as f:
+        for i, t in enumerate(texts[:6]):
+            f.write(json.dumps({"_id": f"q{i}", "text": " ".join(t.split()[:6])}) + "\n")
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{doc_ids[i]}\t1\n" for i in range(6)))
+    (folder / "tiny.yaml").write_text(
+        textwrap.dedent(
+            """
+            ops:
+              synthetic_queries: {config: {documents_to_sample: 8, round_trip_k: null, queries_per_document: 1}}
+              relevance_judgments: {config: {candidates_per_query: 1}}
+              hard_negatives: {config: {rank_start: 2, rank_end: 10, negatives_per_query: 1}}
+              fine_tuned_encoder: {config: {epochs: 1, batch_size: 4}}
+            """
+        )
+    )
+    return folder
+
+
+@pytest.mark.slow
+def test_quality_and_ablation_benches_on_any_beir_folder(tmp_path, capsys):
+    folder = _tiny_beir(tmp_path / "tiny-beir")
+    rows = _load("ablation").main(
+        [str(folder), "--config", str(folder / "tiny.yaml"), "--home", str(tmp_path / "home"), "--variants", "none,infonce+graded"]
+    )
+    out = capsys.readouterr().out
+    assert [(r["label"], r["system"]) for r in rows] == [(v, s) for v in ("none", "infonce+graded") for s in ("bm25", "base", "fine-tuned")]
+    for r in rows:
+        assert {"ndcg_cut_10", "recall_100", "map", "recip_rank", "queries", "seconds"} <= r.keys() and r["queries"] == 6
+        assert 0.0 <= r["ndcg_cut_10"] <= 1.0
+    assert "| none |" in out and "| infonce+graded |" in out  # the table, one row per variant
+    assert rows[1]["ndcg_cut_10"] == rows[4]["ndcg_cut_10"], "the base encoder does not depend on the variant"

@@ -1,0 +1,86 @@
+"""Ablation of the false-negative filters and the loss on a BEIR folder, through bench/quality.py.
+
+Each variant is one ``bench/quality.py`` run (a fresh process) with ``--set`` overrides on top of
+``--config``; all share one ``--home``, so the queries and judgments are generated once (the
+generation cache) and every variant pays only for mining, training and scoring. Prints the JSON
+lines as they come, then a Markdown table of the fine-tuned encoder per variant with its gain
+over the base encoder.
+
+    .venv/bin/python bench/ablation.py ../shared/datasets/cacm --config configs/cacm.yaml
+
+Variants (``--variants`` picks a subset):
+
+* ``margin+judge`` — the defaults: TopK-PercPos 0.95 and the judge at expected grade >= 2.0;
+* ``none`` — no false-negative filter;
+* ``margin`` — TopK-PercPos alone;
+* ``judge`` — the absolute judge threshold alone (2.0);
+* ``judge-relative`` — the positive-aware judge alone (grade >= the positive's grade);
+* ``graded`` — the graded list-wise loss (KL to the judge's grades) instead of InfoNCE;
+* ``infonce+graded`` — both losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VARIANTS: dict[str, list[str]] = {
+    "margin+judge": [],
+    "none": ["hard_negatives.relative_margin=null", "hard_negatives.judge_threshold=null"],
+    "margin": ["hard_negatives.judge_threshold=null"],
+    "judge": ["hard_negatives.relative_margin=null"],
+    "judge-relative": ["hard_negatives.relative_margin=null", "hard_negatives.judge_threshold=null", "hard_negatives.judge_margin=1.0"],
+    "graded": ["fine_tuned_encoder.loss=graded"],
+    "infonce+graded": ["fine_tuned_encoder.loss=infonce+graded"],
+}
+
+
+def table(rows: list[dict]) -> str:
+    base = {r["label"]: r["ndcg_cut_10"] for r in rows if r["system"] == "base"}
+    lines = ["| variant | nDCG@10 | vs base | Recall@100 | MAP | MRR | seconds |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["system"] == "fine-tuned":
+            delta = r["ndcg_cut_10"] - base[r["label"]]
+            lines.append(
+                f"| {r['label']} | {r['ndcg_cut_10']:.4f} | {delta:+.4f} | {r['recall_100']:.4f} | {r['map']:.4f} | "
+                f"{r['recip_rank']:.4f} | {r['seconds']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folder")
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--home", default=None, help="shared store and cache (default: bench/quality.py's)")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--set", action="append", default=[], help="extra override for every variant")
+    args = ap.parse_args(argv)
+    rows: list[dict] = []
+    for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        if name not in VARIANTS:
+            ap.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        cmd = [sys.executable, str(HERE / "quality.py"), args.folder, "--label", name]
+        cmd += ["--config", args.config] if args.config else []
+        cmd += ["--home", args.home] if args.home else []
+        for item in [*args.set, *VARIANTS[name]]:
+            cmd += ["--set", item]
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+        if done.returncode != 0:
+            print(f"variant {name}: bench/quality.py exited {done.returncode}", file=sys.stderr)
+            return rows
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                rows.append(json.loads(line))
+                print(line, flush=True)
+    print()
+    print(table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
