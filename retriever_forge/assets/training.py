@@ -64,6 +64,7 @@ class FineTuneConfig(dg.Config):
     max_seq_length: int = _TRAINING_DEFAULTS.max_seq_length
     topic_batches: bool = Field(default=_TRAINING_DEFAULTS.topic_batches, description="TAS-Balanced topic-aware batches.")
     early_stopping_patience: int = Field(default=_TRAINING_DEFAULTS.early_stopping_patience, description="Dev evaluations without gain before stopping (0: off).")
+    bf16: bool = Field(default=_TRAINING_DEFAULTS.bf16, description="Autocast to bfloat16 where it is native (GPUs, CPUs with AVX512-BF16/AMX).")
     seed: int = _TRAINING_DEFAULTS.seed
 
 
