@@ -81,9 +81,15 @@ class IndexParams:
         return min(nlist, self.nprobe or max(16, nlist // 4))
 
 
-def resolve_index_type(n: int, index_type: str = "auto", exact_max_docs: int = 200_000) -> str:
+def resolve_index_type(n: int, index_type: str = "auto", exact_max_docs: int = 200_000, gpu: bool = False) -> str:
+    """``auto``: exact search up to ``exact_max_docs`` vectors, then HNSW, or IVF where the index
+    will be searched on a GPU (faiss has no GPU HNSW).
+
+    >>> resolve_index_type(1_000), resolve_index_type(10**6), resolve_index_type(10**6, gpu=True)
+    ('flat', 'hnsw', 'ivf')
+    """
     if index_type == "auto":
-        return "flat" if n <= exact_max_docs else "hnsw"
+        return "flat" if n <= exact_max_docs else ("ivf" if gpu else "hnsw")
     if index_type not in INDEX_TYPES:
         raise ValueError(f"unknown index_type {index_type!r} ({', '.join(INDEX_TYPES)}, auto)")
     return index_type

@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +42,12 @@ import numpy as np
 import polars as pl
 
 from retriever_forge.datasets import passage_text_expr
+from retriever_forge.indexing import INDEX_TYPES, IndexParams, build_index, resolve_index_type
 from retriever_forge.schemas import HARD_NEGATIVE_CANDIDATES, TRAINING_EXAMPLES, conform
 
 log = logging.getLogger(__name__)
 
-IndexType = Literal["auto", "flat", "hnsw", "ivf"]
+IndexType = Literal["auto", "flat", "hnsw", "ivf", "ivfpq"]
 
 # A BM25 searcher: given query texts and k, the doc ids of each query's top-k, best first.
 BM25Search = Callable[[list[str], int], list[list[str]]]
@@ -80,7 +80,7 @@ class MiningConfig:
             raise ValueError(f"need 1 <= rank_start <= rank_end, got {self.rank_start}..{self.rank_end}")
         if self.negatives_per_query < 0 or self.bm25_candidates < 0:
             raise ValueError("negatives_per_query and bm25_candidates must be >= 0")
-        if self.index_type not in ("auto", "flat", "hnsw", "ivf"):
+        if self.index_type not in ("auto", *INDEX_TYPES):
             raise ValueError(f"unknown index_type {self.index_type!r}")
 
 
@@ -92,37 +92,19 @@ def _as_f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def resolve_index_type(n_docs: int, index_type: IndexType = "auto", exact_search_max_docs: int = 200_000) -> str:
-    """``auto`` means exact search up to ``exact_search_max_docs``, then HNSW (CPU) or IVF (GPU,
-    where faiss has no HNSW)."""
-    if index_type != "auto":
-        return index_type
-    if n_docs <= exact_search_max_docs:
-        return "flat"
-    import faiss
-
-    return "ivf" if faiss.get_num_gpus() > 0 else "hnsw"
-
-
 def build_faiss_index(
     embeddings: np.ndarray,
     index_type: IndexType = "flat",
     *,
-    hnsw_m: int = 32,
-    hnsw_ef_construction: int = 200,
-    hnsw_ef_search: int = 256,
-    ivf_nlist: int | None = None,
-    ivf_nprobe: int = 32,
+    params: IndexParams | None = None,
     exact_search_max_docs: int = 200_000,
+    calibration_queries: np.ndarray | None = None,
     use_gpu: bool | None = None,
-    seed: int = 0,
 ):
-    """An inner-product faiss index over (L2-normalised) ``embeddings``.
-
-    ``flat`` is exact (IndexFlatIP); ``hnsw`` is IndexHNSWFlat with METRIC_INNER_PRODUCT (CPU
-    only); ``ivf`` is IndexIVFFlat with an inner-product coarse quantiser, trained on a seeded
-    sample. With a GPU visible to faiss (``faiss.get_num_gpus() > 0``) flat and IVF indexes are
-    moved onto it.
+    """An inner-product index over (L2-normalised) ``embeddings`` for mining: the corpus index's
+    own builder (:func:`retriever_forge.indexing.build_index`: seeded training, approximate
+    indexes calibrated to ``params.target_recall`` of exact search, on ``calibration_queries``
+    when given), moved onto the GPUs when faiss sees one (``auto`` then means IVF, not HNSW).
 
     >>> idx = build_faiss_index(np.eye(3, dtype=np.float32), "flat")
     >>> search(idx, np.array([[0.0, 1.0, 0.0]], dtype=np.float32), 2)[1].tolist()
@@ -130,30 +112,11 @@ def build_faiss_index(
     """
     import faiss
 
-    x = _as_f32(embeddings)
-    n, dim = x.shape
-    kind = resolve_index_type(n, index_type, exact_search_max_docs)
     gpu = faiss.get_num_gpus() > 0 if use_gpu is None else use_gpu
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = hnsw_ef_construction
-        index.hnsw.efSearch = hnsw_ef_search
-        gpu = False  # faiss has no GPU HNSW
-    elif kind == "ivf":
-        nlist = ivf_nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))  # faiss wants >= 39 pts/list
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        rng = np.random.default_rng(seed)
-        sample = x if n <= nlist * 256 else x[rng.choice(n, nlist * 256, replace=False)]
-        index.train(sample)
-        index.nprobe = min(ivf_nprobe, nlist)
-    else:
-        raise ValueError(f"unknown index_type {index_type!r}")
-    if gpu:
+    kind = resolve_index_type(len(embeddings), index_type, exact_search_max_docs, gpu=gpu)
+    index, kind = build_index(_as_f32(embeddings), kind, exact_search_max_docs, params, calibration_queries=calibration_queries)
+    if gpu and kind != "hnsw":  # faiss has no GPU HNSW
         index = faiss.index_cpu_to_all_gpus(index)
-    index.add(x)
     return index
 
 
@@ -342,8 +305,10 @@ def mine_hard_negatives(
     guide_positive = _rowwise_dot(g_q, q_all, g_c, pos_rows) if cfg.use_guide else None
 
     if index is None and len(doc_ids):
-        kind = resolve_index_type(len(doc_ids), cfg.index_type, cfg.exact_search_max_docs)
-        index = build_faiss_index(corpus_emb, kind, seed=cfg.seed)
+        index = build_faiss_index(
+            corpus_emb, cfg.index_type, params=IndexParams(seed=cfg.seed), exact_search_max_docs=cfg.exact_search_max_docs,
+            calibration_queries=query_emb,
+        )  # fmt: skip
     grades = _judgment_grades(judgments)
     qids = pl.Series("query_id", list(query_ids), dtype=pl.String)
     dids = pl.Series("doc_id", list(doc_ids), dtype=pl.String)

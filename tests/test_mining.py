@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from retriever_forge.datasets import passage_text, passage_text_expr
+from retriever_forge.indexing import IndexParams
 from retriever_forge.mining import (
     BM25Index,
     MiningConfig,
@@ -190,7 +191,7 @@ def test_faiss_indexes_find_exact_neighbours_on_easy_data(kind):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(400, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    index = build_faiss_index(x, kind, ivf_nprobe=64)
+    index = build_faiss_index(x, kind, params=IndexParams(nprobe=64))
     scores, ids = search(index, x[:5], 3)
     assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
