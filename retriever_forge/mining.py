@@ -489,7 +489,7 @@ def build_training_examples(
     corpus: pl.DataFrame,
     candidates: pl.DataFrame,
     judgments: pl.DataFrame | None = None,
-    default_positive_grade: float = 3.0,
+    positive_grade: float | None = 3.0,
 ) -> pl.DataFrame:
     """Join queries, passages, kept negatives and grades into ``TRAINING_EXAMPLES`` rows.
 
@@ -500,8 +500,13 @@ def build_training_examples(
         candidates: :func:`mine_hard_negatives` output; its kept rows, in row order, become
             the negatives.
         judgments: ``query_id, doc_id, expected_grade``; grades negatives (0.0 when not
-            judged) and the positive (``default_positive_grade`` when not judged). Without it
-            the candidates' ``judged_grade`` is used.
+            judged). Without it the candidates' ``judged_grade`` is used.
+        positive_grade: the grade of each query's own source passage. The query was written
+            for it, so by construction it is the top level (3.0), as "Beyond Contrastive
+            Learning" labels each passage by the level it was generated for; the judge grades
+            the *candidates*. ``None``: the judge's grade of the positive (3.0 where unjudged) —
+            a small judge's grades sit in a narrow band (SmolLM2-135M: positives 0.71 and
+            candidates 0.67 on average on cacm), which makes the list-wise target nearly flat.
 
     >>> q = pl.DataFrame({"query_id": ["q"], "doc_id": ["a"], "text": ["sort"], "split": ["train"]})
     >>> c = pl.DataFrame({"doc_id": ["a", "b"], "title": ["Sorting", ""], "text": ["fast", "slow"]})
@@ -537,12 +542,12 @@ def build_training_examples(
     q = q.join(texts.rename({"doc_id": "positive_id", "passage": "positive_text"}), on="positive_id", how="inner")
     if q.height < n_before:
         log.warning("skipped %d queries whose positive is not in the corpus", n_before - q.height)
-    if grades is not None:
+    if grades is not None and positive_grade is None:
         pos = grades.rename({"doc_id": "positive_id", "judged_grade": "positive_grade"})
         q = q.join(pos, on=["query_id", "positive_id"], how="left")
     else:
-        q = q.with_columns(positive_grade=pl.lit(None, dtype=pl.Float64))
-    q = q.with_columns(pl.col("positive_grade").fill_null(default_positive_grade))
+        q = q.with_columns(positive_grade=pl.lit(positive_grade, dtype=pl.Float64))
+    q = q.with_columns(pl.col("positive_grade").fill_null(3.0))
     out = q.join(negatives, on="query_id", how="left").with_columns(
         [pl.col(c).fill_null(pl.lit([], dtype=TRAINING_EXAMPLES[c])) for c in negatives.columns if c != "query_id"]
     )

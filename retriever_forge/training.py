@@ -476,6 +476,9 @@ def train_encoder(
     torch.manual_seed(cfg.seed)
     base_path = resolve_model_path(base_model)
     model = SentenceTransformer(base_path, device=device)
+    # Training truncates to cfg.max_seq_length (activation memory grows with length^2); the saved
+    # model keeps the base model's own length, so search encodes whole passages as before.
+    serving_max_length = model.max_seq_length
     model.max_seq_length = cfg.max_seq_length
 
     train_df = examples.filter(pl.col("split") == "train")
@@ -607,13 +610,13 @@ def train_encoder(
     if dev is not None and state["best_step"] != state["step"]:
         if state["best_step"] == 0:
             model = SentenceTransformer(base_path, device=device)
-            model.max_seq_length = cfg.max_seq_length
         else:
             _load_weights(model, best_weights_path(state["best_step"]))
 
     model_dir = output_dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
     _reset_tokenizer_runtime_state(model)
+    model.max_seq_length = serving_max_length
     model.save(str(model_dir), safe_serialization=True)
     result = TrainingResult(
         model_dir=model_dir,

@@ -241,9 +241,11 @@ def test_build_training_examples_orders_grades_and_skips():
     assert q1["negative_ids"] == ["d", "c"] and q1["negative_texts"] == ["D", "C: cc"]
     assert q1["negative_ranks"] == [3, 5] and q1["negative_scores"] == [0.8, 0.6]
     assert q1["negative_grades"] == [0.0, 1.0]  # the judgments given here win over judged_grade
-    assert q1["positive_grade"] == 2.5 and q1["positive_text"] == "A: aa"
+    assert q1["positive_grade"] == 3.0 and q1["positive_text"] == "A: aa"  # the level it was written for
     q2 = ex.row(1, named=True)
     assert q2["negative_ids"] == [] and q2["positive_grade"] == 3.0 and q2["split"] == "dev" and q2["positive_text"] == "bb"
+    judged = build_training_examples(queries, corpus, candidates, judgments, positive_grade=None)
+    assert judged["positive_grade"].to_list() == [2.5, 3.0]  # the judge's grade; 3.0 where unjudged
     # Without judgments the candidates' judged_grade is used.
     assert build_training_examples(queries, corpus, candidates).row(0, named=True)["negative_grades"] == [0.0, 1.5]
 

@@ -117,12 +117,14 @@ def test_loss_decreases_and_dev_improves(tiny_model, tmp_path):
 def test_saved_model_loads_with_sentence_transformers(tiny_model, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    result = train_encoder(tiny_model, _examples(2, 1), tmp_path / "run", TrainingConfig(epochs=1, **FAST))
+    result = train_encoder(tiny_model, _examples(2, 1), tmp_path / "run", TrainingConfig(epochs=1, **{**FAST, "max_seq_length": 16}))
     files = {p.name for p in result.model_dir.iterdir()}
     assert "model.safetensors" in files and "tokenizer.json" in files and "modules.json" in files
     assert not any(name.endswith((".bin", ".pkl")) for name in files)
     model = SentenceTransformer(str(result.model_dir), device="cpu")
     assert model.encode(["hash table"]).shape == (1, 32)
+    # Trained on 16 tokens, it still reads the base model's 32 at search time.
+    assert model.max_seq_length == SentenceTransformer(tiny_model, device="cpu").max_seq_length == 32
     assert result.weights_hash == model_folder_hash(result.model_dir)
     saved = json.loads((tmp_path / "run" / "training_result.json").read_text())
     assert saved["weights_hash"] == result.weights_hash

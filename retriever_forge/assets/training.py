@@ -53,6 +53,13 @@ class HardNegativesConfig(dg.Config):
     seed: int = 0
 
 
+class TrainingExamplesConfig(dg.Config):
+    positive_grade: float | None = Field(
+        default=3.0,
+        description="Grade of each query's source passage for the graded loss (3: the level it was written for; null: the judge's grade).",
+    )
+
+
 class FineTuneConfig(dg.Config):
     epochs: int = _TRAINING_DEFAULTS.epochs
     learning_rate: float = _TRAINING_DEFAULTS.learning_rate
@@ -141,6 +148,7 @@ def hard_negatives(
 )  # fmt: skip
 def training_examples(
     context: dg.AssetExecutionContext,
+    config: TrainingExamplesConfig,
     corpus: ArtifactRef,
     synthetic_queries: ArtifactRef,
     relevance_judgments: ArtifactRef,
@@ -148,10 +156,14 @@ def training_examples(
     artifact_store: ArtifactStoreResource,
 ):
     """(query, positive, negatives, grades) rows, each keeping mining ranks and scores."""
+    values = effective_config(config, dataset_spec(context), "training_examples")
     store = artifact_store.get_store()
     with timed() as t:
         queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
-        examples = build_training_examples(queries, store.read_table(corpus), store.read_table(hard_negatives), store.read_table(relevance_judgments))
+        examples = build_training_examples(
+            queries, store.read_table(corpus), store.read_table(hard_negatives), store.read_table(relevance_judgments),
+            positive_grade=values["positive_grade"],
+        )  # fmt: skip
         ref = store.put_table(examples, "training_examples")
     leaks = examples.filter(pl.col("negative_ids").list.contains(pl.col("positive_id"))).height
     splits = {r["split"]: r["len"] for r in examples.group_by("split").len().sort("split").iter_rows(named=True)}
@@ -159,7 +171,7 @@ def training_examples(
         context, store, ref, asset="training_examples",
         upstream={"corpus": corpus, "synthetic_queries": synthetic_queries, "relevance_judgments": relevance_judgments,
                   "hard_negatives": hard_negatives},
-        timing=t, rows=examples.height,
+        timing=t, rows=examples.height, config=values,
         metadata={"splits": dg.MetadataValue.json(splits),
                   "mean_negatives": round(float(examples["negative_ids"].list.len().mean() or 0), 2),
                   "preview": dg.MetadataValue.md(markdown_table(examples.select("query", "positive_text", "negative_texts"), 3))},
