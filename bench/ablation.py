@@ -16,7 +16,9 @@ Variants (``--variants`` picks a subset):
 * ``judge`` — the absolute judge threshold alone (2.0);
 * ``judge-relative`` — the positive-aware judge alone (grade >= the positive's grade);
 * ``graded`` — the graded list-wise loss (KL to the judge's grades) instead of InfoNCE;
-* ``infonce+graded`` — both losses.
+* ``infonce+graded`` — both losses;
+* ``graded-judged-positive`` — the graded loss with the judge's grade for the positive too
+  (``training_examples.positive_grade=null``) instead of the level it was written for.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ VARIANTS: dict[str, list[str]] = {
     "judge-relative": ["hard_negatives.relative_margin=null", "hard_negatives.judge_threshold=null", "hard_negatives.judge_margin=1.0"],
     "graded": ["fine_tuned_encoder.loss=graded"],
     "infonce+graded": ["fine_tuned_encoder.loss=infonce+graded"],
+    "graded-judged-positive": ["fine_tuned_encoder.loss=graded", "training_examples.positive_grade=null"],
 }
 
 
