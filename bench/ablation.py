@@ -4,7 +4,8 @@ Each variant is one ``bench/quality.py`` run (a fresh process) with ``--set`` ov
 ``--config``; all share one ``--home``, so the queries and judgments are generated once (the
 generation cache) and every variant pays only for mining, training and scoring. Prints the JSON
 lines as they come, then a Markdown table of the fine-tuned encoder per variant with its gain
-over the base encoder.
+over the base encoder, the candidates each filter dropped, and the training step whose weights
+were kept (0: no step beat the base on the dev queries, so the base weights were published).
 
     .venv/bin/python bench/ablation.py ../shared/datasets/cacm --config configs/cacm.yaml
 
@@ -44,13 +45,18 @@ VARIANTS: dict[str, list[str]] = {
 
 def table(rows: list[dict]) -> str:
     base = {r["label"]: r["ndcg_cut_10"] for r in rows if r["system"] == "base"}
-    lines = ["| variant | nDCG@10 | vs base | Recall@100 | MAP | MRR | seconds |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | nDCG@10 | vs base | Recall@100 | MAP | MRR | dropped by margin / judge | kept step / steps | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if r["system"] == "fine-tuned":
             delta = r["ndcg_cut_10"] - base[r["label"]]
+            dropped = r.get("dropped", {})
             lines.append(
                 f"| {r['label']} | {r['ndcg_cut_10']:.4f} | {delta:+.4f} | {r['recall_100']:.4f} | {r['map']:.4f} | "
-                f"{r['recip_rank']:.4f} | {r['seconds']:.0f} |"
+                f"{r['recip_rank']:.4f} | {dropped.get('margin', '?')} / {dropped.get('judge', '?')} | "
+                f"{r.get('best_step', '?')} / {r.get('steps', '?')} | {r['seconds']:.0f} |"
             )
     return "\n".join(lines)
 

@@ -37,6 +37,31 @@ def parse_value(text: str):
     return yaml.safe_load(text)
 
 
+def training_facts(home: Path, partition: str) -> dict:
+    """What the fine-tuned encoder was trained on, read from this run's artifacts: training
+    queries, each false-negative filter's drops, and the step whose weights were kept (0: no
+    step beat the base model on the dev queries, so the base weights were published)."""
+    import polars as pl
+
+    from retriever_forge.artifacts import ArtifactRef, ArtifactStore
+
+    store = ArtifactStore(str(home))
+
+    def ref(asset: str) -> ArtifactRef:
+        return ArtifactRef.from_json((home / "refs" / asset / f"{partition}.json").read_text())
+
+    candidates = store.read_table(ref("hard_negatives"))
+    drops = dict(candidates.group_by("dropped_by").len().iter_rows())
+    examples = store.read_table(ref("training_examples"))
+    training = (store.read_manifest(ref("fine_tuned_encoder")) or {}).get("extra", {}).get("training", {})
+    return {
+        "train_queries": examples.filter(pl.col("split") == "train").height,
+        "dropped": {k: drops.get(k, 0) for k in ("margin", "judge", "guide")},
+        "best_step": training.get("best_step"),
+        "steps": training.get("steps"),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
@@ -80,6 +105,7 @@ def main() -> int:
         print("pipeline failed; see the log above", file=sys.stderr)
         return 1
     board = json.loads((home / "scoreboards" / f"{name}.json").read_text())
+    training = training_facts(home, name)
     for row in board["systems"]:
         if row["judgments"] != "human":
             print(f"{folder}: no human judgments for split {args.split!r}; scores would be synthetic", file=sys.stderr)
@@ -87,6 +113,8 @@ def main() -> int:
         seconds = total if row["system"] == "fine-tuned" else row["search_seconds"]
         line = {k: row[k] for k in ("system", "ndcg_cut_10", "recall_100", "map", "recip_rank", "queries")}
         line["seconds"] = round(seconds, 1)
+        if row["system"] == "fine-tuned":
+            line.update(training)
         if args.label:
             line["label"] = args.label
         print(json.dumps(line))

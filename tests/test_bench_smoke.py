@@ -147,3 +147,6 @@ def test_quality_and_ablation_benches_on_any_beir_folder(tmp_path, capsys):
         assert 0.0 <= r["ndcg_cut_10"] <= 1.0
     assert "| none |" in out and "| infonce+graded |" in out  # the table, one row per variant
     assert rows[1]["ndcg_cut_10"] == rows[4]["ndcg_cut_10"], "the base encoder does not depend on the variant"
+    tuned = rows[2]
+    assert tuned["train_queries"] > 0 and set(tuned["dropped"]) == {"margin", "judge", "guide"} and tuned["steps"] >= 1
+    assert 0 <= tuned["best_step"] <= tuned["steps"]

@@ -84,8 +84,12 @@ def publish(
     metadata: dict | None = None,
     output_name: str = "result",
     with_trace: bool = False,
+    extra: dict | None = None,
 ) -> dg.Output:
-    """Write the artifact's manifest and wrap the ref in an Output whose data version is its hash."""
+    """Write the artifact's manifest and wrap the ref in an Output whose data version is its hash.
+
+    ``extra`` lands in the manifest's ``extra`` record beside the asset's seconds.
+    """
     manifest = build_manifest(
         ref,
         asset=asset,
@@ -99,7 +103,7 @@ def publish(
         seeds=seeds,
         rows=rows,
         started_at=timing.get("started_at"),
-        extra={"seconds": timing.get("seconds")},
+        extra={"seconds": timing.get("seconds"), **(extra or {})},
     )
     store.write_manifest(ref, manifest)
     md = {

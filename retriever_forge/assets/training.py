@@ -225,6 +225,10 @@ def fine_tuned_encoder(
         models={"base_encoder": {"id": base.name, "weights_hash": base.weights_hash},
                 "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": ref.hash, "precision": result.precision}},
         seeds={"seed": tc.seed},
+        # Which step's weights were published (0: no step beat the base model on the dev
+        # queries, so these are the base weights), and why training stopped.
+        extra={"training": {"best_step": result.best_step, "steps": len(losses), "stop_reason": result.stop_reason,
+                            "device": result.device, "precision": result.precision}},
         metadata={
             "device": result.device, "precision": result.precision, "steps": len(losses), "best_step": result.best_step, "stopped_early": result.stopped_early,
             "final_loss": losses[-1] if losses else None, "training_table_hash": training_examples.hash,
