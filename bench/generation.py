@@ -131,9 +131,9 @@ def measure(name: str, llm, prompts: list[str], params: SamplingParams, batch_si
 
 
 def markdown(rows: list[dict]) -> str:
-    """Medians per (backend, mode) over rounds; speed-up = median of the per-round ratios to
-    one prompt at a time (both sides of a ratio ran back to back in the same round)."""
-    baseline = {r["round"]: r["seconds"] for r in rows if r["batch_size"] == 1 and r["backend"] == "transformers"}
+    """Medians per (backend, mode) over rounds; speed-up = median of the per-round ratios to the
+    same backend one prompt at a time (both sides of a ratio ran back to back in the same round)."""
+    baseline = {(r["backend"], r["round"]): r["seconds"] for r in rows if r["batch_size"] == 1}
     lines = [
         "| backend | mode | rounds | prompts | completion tokens | median s | tokens/s | queries/s | speed-up vs one at a time |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -145,8 +145,8 @@ def markdown(rows: list[dict]) -> str:
         groups.setdefault((r["backend"], r["mode"]), []).append(r)
     for (backend, mode), runs in groups.items():
         seconds = statistics.median(r["seconds"] for r in runs)
-        ratios = [baseline[r["round"]] / r["seconds"] for r in runs if r["round"] in baseline]
-        speedup = f"{statistics.median(ratios):.2f}×" if ratios and backend == "transformers" else "—"
+        ratios = [baseline[backend, r["round"]] / r["seconds"] for r in runs if (backend, r["round"]) in baseline]
+        speedup = f"{statistics.median(ratios):.2f}×" if ratios else "—"
         lines.append(
             f"| {backend} | {runs[0].get('numerics')} | {mode} | {len(runs)} | {runs[0]['prompts']} | {runs[0]['completion_tokens']} | {seconds:.1f} | "
             f"{runs[0]['completion_tokens'] / seconds:.1f} | {runs[0]['prompts'] / seconds:.2f} | {speedup} |"
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are quoted")
     parser.add_argument("--workload", choices=["inpars", "chat"], default="inpars")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--vllm-dtype", default="auto", help="vLLM dtype (auto: float32 on CPU)")
     parser.add_argument("--dtype", default="auto", help="transformers compute dtype: auto (bf16 where native), float32, bfloat16")
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
@@ -196,10 +197,13 @@ def main(argv: list[str] | None = None) -> None:
                 llm.batch_size = max(size, 1)
                 emit(measure("transformers", llm, prompts, params, size, one_at_a_time=size == 1, threads=threads), round_)
     if "vllm" in backends:
-        vllm_llm = VLLMBackend(folder, gguf_file=name, max_model_len=1024, enforce_eager=True, chat_template=chat)
+        vllm_llm = VLLMBackend(folder, gguf_file=name, max_model_len=1024, enforce_eager=True, chat_template=chat, dtype=args.vllm_dtype)
         vllm_llm.load()
+        # The same engine one prompt at a time (a loop of single-prompt calls) and batched, in
+        # alternating rounds, so the speed-up is taken on one model, one engine, one dtype.
         for round_ in range(args.rounds):
-            emit(measure("vllm", vllm_llm, prompts, params, len(prompts), one_at_a_time=False, threads=torch.get_num_threads()), round_)
+            for one in (True, False) if round_ % 2 == 0 else (False, True):
+                emit(measure("vllm", vllm_llm, prompts, params, len(prompts), one_at_a_time=one, threads=torch.get_num_threads()), round_)
     print()
     print(markdown(rows))
 

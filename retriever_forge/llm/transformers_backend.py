@@ -44,6 +44,17 @@ log = logging.getLogger(__name__)
 __all__ = ["TransformersLLM", "default_generator_path"]
 
 
+def _common_prefix_length(rows: list[list[int]]) -> int:
+    """Length of the token prefix every row shares (at most the shortest row minus one)."""
+    if len(rows) < 2:
+        return 0
+    shortest = min(len(r) for r in rows)
+    n = 0
+    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
 class TransformersLLM:
     """A causal LM run in-process with transformers; implements :class:`LLMBackend`.
 
@@ -207,19 +218,22 @@ class TransformersLLM:
         return encoded
 
     def _batches(self, encoded: list[list[int]], max_padding: float = 0.25) -> list[list[int]]:
-        """Indices grouped into batches of similar length, so little compute goes to padding.
+        """Indices grouped into prefill batches of similar length, so little compute goes to padding.
 
         Prompts are sorted by length and a batch closes when it is full or when padding it to
         the next prompt's length would add more than ``max_padding`` of its real tokens: on CPU,
         prefill is compute-bound and a padded token costs as much as a real one (one 333-token
-        prompt in a batch of 130-token ones nearly doubled the batch's prefill time).
+        prompt in a batch of 130-token ones nearly doubled the batch's prefill time). Lengths
+        are counted after the prompts' common prefix, which :meth:`_prefill` runs only once: a
+        93-token few-shot template made a batch look 25% padded whose suffixes were 55% padding.
         """
+        common = _common_prefix_length(encoded)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         batches: list[list[int]] = []
         batch: list[int] = []
         tokens = 0
         for i in order:
-            width = len(encoded[i])  # the longest so far: the batch's padded width if i joins
+            width = len(encoded[i]) - common  # the longest so far: the batch's padded width if i joins
             if batch and (len(batch) == self.batch_size or width * (len(batch) + 1) > (1 + max_padding) * (tokens + width)):
                 batches.append(batch)
                 batch, tokens = [], 0
@@ -262,28 +276,72 @@ class TransformersLLM:
             self.load()
             encoded = self._encode(prompts)
             results: list[Generation | None] = [None] * len(prompts)
-            for batch in self._batches(encoded):
+            for wave in self._waves(self._batches(encoded)):
+                batch = [i for group in wave for i in group]
                 seeds = [derive_seed(params.seed, prompts[i]) for i in batch]
-                outs = self._generate_batch([encoded[i] for i in batch], seeds, params)
+                outs = self._generate_batch([[encoded[i] for i in group] for group in wave], seeds, params)
                 for i, out in zip(batch, outs, strict=True):
                     results[i] = out
             return results  # type: ignore[return-value]
 
-    def _generate_batch(self, rows: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Generation]:
+    def _waves(self, batches: list[list[int]]) -> list[list[list[int]]]:
+        """Consecutive prefill batches joined into decode waves of at most ``batch_size`` rows.
+
+        Prefill wants batches of similar length (padding costs compute); decoding does not
+        care about prompt length (a padded key is only masked), and on CPU a decode step costs
+        nearly the same for 10 rows as for 60. So each batch is prefilled on its own and their
+        caches are joined to decode together.
+        """
+        waves: list[list[list[int]]] = []
+        for batch in batches:
+            if waves and sum(map(len, waves[-1])) + len(batch) <= self.batch_size:
+                waves[-1].append(batch)
+            else:
+                waves.append([batch])
+        return waves
+
+    def _prefill_wave(self, model, groups: list[list[list[int]]]):
+        """Prefill each group, then join their caches (left-padded to one width) for decoding.
+
+        Returns (next-token logits, cache, attention mask, last position ids), rows in the
+        groups' order.
+        """
+        import torch
+        import torch.nn.functional as F
+        from transformers import DynamicCache
+
+        parts = [self._prefill(model, rows, keep_cache=True) for rows in groups]
+        logits = torch.cat([out.logits[:, -1, :] for out, _, _ in parts])
+        position = torch.cat([positions[:, -1:] for _, _, positions in parts])
+        if len(parts) == 1:
+            out, attention, _ = parts[0]
+            return logits, out.past_key_values, attention, position
+        width = max(attention.shape[1] for _, attention, _ in parts)
+        # Left padding, masked: a row attends to exactly the keys it had in its own group.
+        attention = torch.cat([F.pad(a, (width - a.shape[1], 0)) for _, a, _ in parts])
+        layers = []
+        for li in range(len(parts[0][0].past_key_values.layers)):
+            keys, values = [], []
+            for out, a, _ in parts:
+                layer = out.past_key_values.layers[li]
+                keys.append(F.pad(layer.keys, (0, 0, width - a.shape[1], 0)))
+                values.append(F.pad(layer.values, (0, 0, width - a.shape[1], 0)))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        return logits, DynamicCache(layers), attention, position
+
+    def _generate_batch(self, groups: list[list[list[int]]], seeds: list[int], params: SamplingParams) -> list[Generation]:
         import torch
 
         model, tok = self._model, self.tokenizer
         eos = self._eos_ids()
         sampling = params.temperature > 0
         generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds] if sampling else []
+        rows = [r for group in groups for r in group]
         n = len(rows)
         generated: list[list[int]] = [[] for _ in range(n)]
         ended_by_eos = [False] * n
         with torch.inference_mode():
-            out, attention, positions = self._prefill(model, rows, keep_cache=True)
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :]
-            position = positions[:, -1:]
+            logits, cache, attention, position = self._prefill_wave(model, groups)
             live = list(range(n))  # rows still decoding, in the order of the batch's tensors
             for step in range(params.max_new_tokens):
                 next_tokens = self._pick(logits.float(), params, [generators[i] for i in live] if sampling else [])
@@ -381,11 +439,7 @@ class TransformersLLM:
         """
         import torch
 
-        shared = 0
-        shortest = min(len(r) for r in rows)
-        # Leave at least one token per row for the batched pass.
-        while shared < shortest - 1 and all(r[shared] == rows[0][shared] for r in rows):
-            shared += 1
+        shared = _common_prefix_length(rows)  # leaves at least one token per row for the batched pass
         if len(rows) == 1 or shared < 16:
             input_ids, attention, positions = self._left_pad(rows)
             # logits_to_keep=1: only the last position's logits are needed, and the full

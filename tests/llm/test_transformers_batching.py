@@ -52,3 +52,27 @@ def test_batches_bound_padding_and_size():
         assert max(lengths[i] for i in batch) * len(batch) <= 1.25 * real
     # The 12-token outlier is not padded to 129 tokens; the longest prompts batch together.
     assert [11] in batches and [8, 9, 10] in batches
+
+
+def test_padding_is_counted_after_the_shared_prefix():
+    from retriever_forge.llm import TransformersLLM
+
+    prefix = list(range(100, 200))  # a 100-token few-shot template, run once per batch
+    rows = [prefix + [r] * n for r, n in enumerate((10, 11, 40, 42))]
+    llm = TransformersLLM("unused", batch_size=4)
+    # Whole prompts (110..142 tokens) would pad by under 25%; their suffixes (10..42) would not.
+    assert sorted(map(sorted, llm._batches(rows, max_padding=0.25))) == [[0, 1], [2, 3]]
+
+
+def test_batches_prefilled_apart_decode_together_with_unchanged_outputs(smollm):
+    template = style_templates(QueryGenerationConfig())["question"]
+    passages = [*PASSAGES[:3], " ".join(PASSAGES * 3), " ".join(PASSAGES[1:] * 2)]  # three short, two long
+    prompts = [template.render(passage=p, instruction="") for p in passages]
+    llm = smollm.variant(chat_template=False, batch_size=len(prompts))
+    waves = llm._waves(llm._batches(llm._encode(prompts)))
+    assert len(waves) == 1 and len(waves[0]) >= 2, "prefill batches of unlike lengths, one decode wave"
+    params = SamplingParams(temperature=0.0, max_new_tokens=16, stop=("\n",))
+    together = llm.generate(prompts, params)
+    alone = [llm.generate([p], params)[0] for p in prompts]
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert [g.completion_tokens for g in together] == [g.completion_tokens for g in alone]
