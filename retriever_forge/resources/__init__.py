@@ -59,7 +59,7 @@ class LLMResource(dg.ConfigurableResource):
     model: str = Field(default="", description="Model id/path; empty: the bundled SmolLM2-135M-Instruct GGUF.")
     gguf_file: str | None = Field(default=None, description="GGUF file name inside `model` (transformers).")
     device: str | None = Field(default=None, description="cpu / cuda; default: cuda when available.")
-    batch_size: int = Field(default=16, description="Prompts per forward pass / per request wave.")
+    batch_size: int = Field(default=32, description="Prompts per decode wave / request wave, and per committed cache group.")
     dtype: str = Field(
         default="auto",
         description="transformers/vllm: compute dtype; auto = bfloat16 on GPUs and CPUs with native bf16, else float32.",
