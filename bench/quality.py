@@ -43,17 +43,13 @@ def training_facts(home: Path, partition: str) -> dict:
     step beat the base model on the dev queries, so the base weights were published)."""
     import polars as pl
 
-    from retriever_forge.artifacts import ArtifactRef, ArtifactStore
+    from retriever_forge.artifacts import ArtifactStore, read_pointer
 
     store = ArtifactStore(str(home))
-
-    def ref(asset: str) -> ArtifactRef:
-        return ArtifactRef.from_json((home / "refs" / asset / f"{partition}.json").read_text())
-
-    candidates = store.read_table(ref("hard_negatives"))
+    candidates = store.read_table(read_pointer(home, "hard_negatives", partition))
     drops = dict(candidates.group_by("dropped_by").len().iter_rows())
-    examples = store.read_table(ref("training_examples"))
-    training = (store.read_manifest(ref("fine_tuned_encoder")) or {}).get("extra", {}).get("training", {})
+    examples = store.read_table(read_pointer(home, "training_examples", partition))
+    training = (store.read_manifest(read_pointer(home, "fine_tuned_encoder", partition)) or {}).get("extra", {}).get("training", {})
     return {
         "train_queries": examples.filter(pl.col("split") == "train").height,
         "dropped": {k: drops.get(k, 0) for k in ("margin", "judge", "guide")},

@@ -83,6 +83,25 @@ class ArtifactRef:
         return cls(**json.loads(text))
 
 
+def pointer_path(home: str | os.PathLike, asset: str, partition: str) -> Path:
+    """Where the latest materialization of ``asset`` for ``partition`` is recorded: a small JSON
+    :class:`ArtifactRef` under ``<home>/refs/`` (written by the Dagster IO manager).
+
+    Example:
+        >>> pointer_path("/tmp/forge", "corpus", "cacm").as_posix()
+        '/tmp/forge/refs/corpus/cacm.json'
+    """
+    return Path(home) / "refs" / asset / f"{partition}.json"
+
+
+def read_pointer(home: str | os.PathLike, asset: str, partition: str) -> ArtifactRef:
+    """The :class:`ArtifactRef` that ``asset``'s latest materialization for ``partition`` published."""
+    path = pointer_path(home, asset, partition)
+    if not path.exists():
+        raise KeyError(f"no materialization of {asset!r} for partition {partition!r} ({path})")
+    return ArtifactRef.from_json(path.read_text())
+
+
 class ArtifactStore:
     """Write-once storage of artifacts addressed by content hash."""
 

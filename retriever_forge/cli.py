@@ -74,14 +74,11 @@ def cmd_run(args) -> int:
 
 
 def _resolve_target(home: str, target: list[str]) -> str:
-    from retriever_forge.artifacts import ArtifactRef
+    from retriever_forge.artifacts import read_pointer
 
     if len(target) <= 2 and not all(c in "0123456789abcdef" for c in target[0]):
         asset, partition = target[0], (target[1] if len(target) > 1 else "demo")
-        ref_file = Path(home) / "refs" / asset / f"{partition}.json"
-        if not ref_file.exists():
-            raise KeyError(f"no materialization of {asset!r} for partition {partition!r} ({ref_file})")
-        return ArtifactRef.from_json(ref_file.read_text()).hash
+        return read_pointer(home, asset, partition).hash
     return target[0]
 
 

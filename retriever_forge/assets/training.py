@@ -219,18 +219,19 @@ def fine_tuned_encoder(
     losses = [h["loss"] for h in result.history]
     finite = all(math.isfinite(x) for x in losses)
     trend = loss_trend(losses)
+    # Which step's weights were published (0: no step beat the base model on the dev queries,
+    # so these are the base weights), and why training stopped: in the manifest and the UI.
+    training = {"best_step": result.best_step, "steps": len(losses), "stop_reason": result.stop_reason,
+                "device": result.device, "precision": result.precision}
     yield publish(
         context, store, ref, asset="fine_tuned_encoder", upstream={"training_examples": training_examples}, timing=t,
         rows=int(examples.height), config={**values, "resolved": dataclasses.asdict(tc)},
         models={"base_encoder": {"id": base.name, "weights_hash": base.weights_hash},
                 "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": ref.hash, "precision": result.precision}},
         seeds={"seed": tc.seed},
-        # Which step's weights were published (0: no step beat the base model on the dev
-        # queries, so these are the base weights), and why training stopped.
-        extra={"training": {"best_step": result.best_step, "steps": len(losses), "stop_reason": result.stop_reason,
-                            "device": result.device, "precision": result.precision}},
+        extra={"training": training},
         metadata={
-            "device": result.device, "precision": result.precision, "steps": len(losses), "best_step": result.best_step, "stopped_early": result.stopped_early,
+            **training, "stopped_early": result.stopped_early,
             "final_loss": losses[-1] if losses else None, "training_table_hash": training_examples.hash,
             "loss_curve": dg.MetadataValue.json([{"step": h["step"], "loss": round(h["loss"], 5)} for h in result.history[:: max(1, len(losses) // 50)]]),
             "dev_metrics": dg.MetadataValue.json(result.dev_metrics[-10:]),

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from retriever_forge.artifacts import ArtifactRef, ArtifactStore
+from retriever_forge.artifacts import ArtifactRef, ArtifactStore, pointer_path
 from retriever_forge.datasets import PROJECT_ROOT
 
 DEFAULT_HOME = os.environ.get("RETRIEVER_FORGE_HOME", str(PROJECT_ROOT / ".forge"))
@@ -125,7 +125,7 @@ class ArtifactRefIOManager(dg.ConfigurableIOManager):
     def _path(self, context) -> Path:
         key = "/".join(context.asset_key.path)
         partition = context.partition_key if context.has_partition_key else "__all__"
-        return Path(self.root) / "refs" / key / f"{partition}.json"
+        return pointer_path(self.root, key, partition)
 
     def handle_output(self, context: dg.OutputContext, obj: ArtifactRef) -> None:
         path = self._path(context)
