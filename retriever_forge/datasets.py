@@ -207,7 +207,7 @@ def _load_beir(spec: DatasetSpec) -> LoadedDataset:
         set_aside: list[dict] = []
         qrels = read_qrels(qrels_file)
         queries = read_queries(root / "queries.jsonl", set_aside if spec.on_bad_rows == "quarantine" else None)
-        qrels = _check_qrels(qrels, queries, corpus, qrels_file, set_aside if spec.on_bad_rows == "quarantine" else None)
+        qrels = _check_qrels(qrels, queries, corpus, qrels_file, set_aside if spec.on_bad_rows == "quarantine" else None, set_aside)
         queries = queries.filter(pl.col("query_id").is_in(qrels["query_id"].unique().implode()))
         quarantine = pl.concat([quarantine, pl.DataFrame(set_aside, schema=QUARANTINE)])
     return LoadedDataset(spec=spec, corpus=corpus, queries=queries, qrels=qrels, quarantine=quarantine)
@@ -217,11 +217,12 @@ def _load_files(spec: DatasetSpec) -> LoadedDataset:
     if not spec.corpus:
         raise DatasetError(f"dataset {spec.name!r}: source 'files' needs 'corpus' (a .jsonl or .parquet file)")
     corpus, quarantine = read_corpus(Path(spec.corpus), spec)
-    set_aside: list[dict] | None = [] if spec.on_bad_rows == "quarantine" else None
-    queries = read_queries(Path(spec.queries), set_aside) if spec.queries else None
+    set_aside: list[dict] = []
+    policy = set_aside if spec.on_bad_rows == "quarantine" else None
+    queries = read_queries(Path(spec.queries), policy) if spec.queries else None
     qrels = read_qrels(Path(spec.qrels)) if spec.qrels else None
     if qrels is not None and queries is not None:
-        qrels = _check_qrels(qrels, queries, corpus, Path(spec.qrels), set_aside)
+        qrels = _check_qrels(qrels, queries, corpus, Path(spec.qrels), policy, set_aside)
     if set_aside:
         quarantine = pl.concat([quarantine, pl.DataFrame(set_aside, schema=QUARANTINE)])
     return LoadedDataset(spec=spec, corpus=corpus, queries=queries, qrels=qrels, quarantine=quarantine)
@@ -380,28 +381,25 @@ def read_qrels(path: Path) -> pl.DataFrame:
 
 
 def _check_qrels(
-    qrels: pl.DataFrame, queries: pl.DataFrame, corpus: pl.DataFrame, path: Path, quarantine: list[dict] | None = None
+    qrels: pl.DataFrame, queries: pl.DataFrame, corpus: pl.DataFrame, path: Path, quarantine: list[dict] | None, set_aside: list[dict]
 ) -> pl.DataFrame:
-    """Judgments must name known queries and documents: raise, or set the others aside."""
+    """Judgments must name known queries (raise, or set the others aside under ``quarantine``).
+
+    A judgment naming a document that is not in the corpus (missing, or quarantined as empty) is
+    harmless: real collections have them, and no retriever can return such a document. Under
+    either policy it is set aside in ``set_aside`` (counted and listed in the corpus metadata)
+    and never fails the run.
+    """
     unknown_q = qrels.filter(~pl.col("query_id").is_in(queries["query_id"].implode()))
-    unknown_d = qrels.filter(~pl.col("doc_id").is_in(corpus["doc_id"].implode()))
-    if quarantine is None:
-        if unknown_q.height:
-            raise DatasetError(
-                f"{path}: {unknown_q.height} judgments name queries missing from queries.jsonl, "
-                f"e.g. {unknown_q['query_id'][0]!r}"
-            )
-        if unknown_d.height:
-            raise DatasetError(
-                f"{path}: {unknown_d.height} judgments name documents missing from the corpus, "
-                f"e.g. {unknown_d['doc_id'][0]!r} for query {unknown_d['query_id'][0]!r}"
-            )
-        return qrels
+    if quarantine is None and unknown_q.height:
+        raise DatasetError(
+            f"{path}: {unknown_q.height} judgments name queries missing from queries.jsonl, e.g. {unknown_q['query_id'][0]!r}"
+        )
     for q, d in unknown_q.select("query_id", "doc_id").iter_rows():
         quarantine.append({"table": "qrels", "file": str(path), "line": None, "doc_id": d, "reason": f"judgment names unknown query {q!r}"})
     known_q = qrels.filter(pl.col("query_id").is_in(queries["query_id"].implode()))
     for q, d in known_q.filter(~pl.col("doc_id").is_in(corpus["doc_id"].implode())).select("query_id", "doc_id").iter_rows():
-        quarantine.append({"table": "qrels", "file": str(path), "line": None, "doc_id": d, "reason": f"judgment for query {q!r} names unknown document"})
+        set_aside.append({"table": "qrels", "file": str(path), "line": None, "doc_id": d, "reason": f"judgment for query {q!r} names unknown document"})
     return known_q.filter(pl.col("doc_id").is_in(corpus["doc_id"].implode()))
 
 

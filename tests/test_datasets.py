@@ -4,6 +4,7 @@ import polars as pl
 import pytest
 
 from retriever_forge.datasets import DatasetError, DatasetSpec, load_dataset, load_registry, passage_text
+from retriever_forge.evaluation import bm25_run, qrels_dict, score_run
 from tests.conftest import SHARED, TINY_QUERIES, write_beir
 
 
@@ -55,10 +56,19 @@ def test_empty_passages_are_quarantined_not_loaded(tmp_path):
     assert ds.quarantine.select("line", "doc_id", "reason").rows() == [(7, "blank", "empty passage")]
 
 
-def test_qrels_naming_unknown_documents_fail(tmp_path):
-    root = write_beir(tmp_path / "q", qrels="query-id\tcorpus-id\tscore\nq1\tnope\t1\n")
-    with pytest.raises(DatasetError, match="missing from the corpus.*'nope'"):
-        load_dataset(DatasetSpec(name="q", path=str(root)))
+def test_qrels_naming_an_empty_or_missing_passage_load_and_score(tmp_path):
+    # Real collections have such judgments (a passage whose text is empty, so it was set aside):
+    # under the default policy they are counted and listed, and the collection still scores.
+    qrels = "query-id\tcorpus-id\tscore\nq1\td3\t2\nq1\tblank\t1\nq2\td6\t1\nq2\tnope\t1\n"
+    root = write_beir(tmp_path / "q", qrels=qrels)
+    with open(root / "corpus.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "blank", "title": "", "text": "  "}) + "\n")
+    ds = load_dataset(DatasetSpec(name="q", path=str(root)))
+    assert sorted(ds.qrels.rows()) == [("q1", "d3", 2), ("q2", "d6", 1)]
+    judged = ds.quarantine.filter(pl.col("table") == "qrels")
+    assert sorted(judged["doc_id"]) == ["blank", "nope"] and ds.corpus_quarantined == 1
+    _, means = score_run(bm25_run(ds.corpus, ds.queries), qrels_dict(ds.qrels))
+    assert means["ndcg_cut_10"] > 0.5  # both queries answerable by BM25 on the tiny corpus
 
 
 def test_qrels_naming_unknown_queries_fail(tmp_path):

@@ -53,11 +53,16 @@ def corpus(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResou
             config={"dataset": spec.as_dict()}, rows=quarantine.height))  # fmt: skip
     source = {"dataset": spec.as_dict()}
     quarantined = ds.corpus_quarantined
+    # Judgments naming a passage that is missing or was set aside as empty: harmless (nothing can
+    # retrieve it), so counted and listed, never a failure.
+    missing = quarantine.filter((pl.col("table") == "qrels") & pl.col("reason").str.contains("unknown document"))
     yield publish(
         context, store, corpus_ref, asset="corpus", upstream={}, timing=t, rows=ds.corpus.height, config=source,
         output_name="corpus",
         metadata={
             "quarantined_rows": quarantined,
+            "qrels_naming_missing_passages": missing.height,
+            "qrels_missing_passage_examples": dg.MetadataValue.json(missing["doc_id"].head(5).to_list()),
             "quarantine_table": dg.MetadataValue.path(quarantine_ref.payload_uri),
             "mean_words": round(float(ds.corpus["text"].str.split(" ").list.len().mean()), 1),
             "preview": dg.MetadataValue.md(markdown_table(ds.corpus, 5)),
