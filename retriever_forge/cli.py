@@ -7,6 +7,8 @@ Examples::
     retriever-forge trace benchmark_scores cacm
     retriever-forge trace 3f9a1c --json
     retriever-forge verify
+    retriever-forge audit benchmark_scores demo --out audit.html
+    retriever-forge diff 3f9a1c 77b2e0          # why two artifacts of one asset differ
 """
 
 from __future__ import annotations
@@ -112,6 +114,59 @@ def cmd_verify(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_audit(args) -> int:
+    """The audit report of one artifact; exit 1 when any artifact in its lineage fails verification."""
+    from retriever_forge.assets.run_records import asset_check_results, config_defaults, instance_from_env
+    from retriever_forge.audit import audit_html, audit_markdown, build_audit, lineage_graph
+
+    store, home = _store(args), _home(args)
+    try:
+        target = _resolve_target(home, args.target)
+        run_ids = {n["manifest"].get("run_id") for n in lineage_graph(store, target).values()}
+    except KeyError as e:
+        print(f"audit: {e.args[0]}", file=sys.stderr)
+        return 2
+    instance, note = instance_from_env()
+    checks = None
+    if instance is not None:
+        checks = asset_check_results(instance, run_ids)
+        if not checks:
+            note = f"{note}: it holds no asset check results for the {len(run_ids)} run(s) of this lineage (were they run on another instance?)"
+    extra = None
+    board = Path(home) / "scoreboards"
+    for f in board.glob("*.json") if board.is_dir() else []:
+        data = json.loads(f.read_text())
+        if data.get("artifact_hash") == target:
+            extra = data.get("systems")
+    report = build_audit(store, target, config_defaults=config_defaults(), check_results=checks, checks_note=note, scoreboard_extra=extra)
+    text = audit_markdown(report) if args.format == "md" else audit_html(report)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"audit report: {Path(args.out).resolve()}")
+    else:
+        print(text)
+    for f in report["failures"]:
+        for p in f["problems"]:
+            print(f"VERIFICATION FAILED {f['asset']} {f['hash'][:16]}: {p['issue']} {p['file']}", file=sys.stderr)
+    return 1 if report["failures"] else 0
+
+
+def cmd_diff(args) -> int:
+    """The first points where two artifacts' lineages diverge, and the score deltas."""
+    from retriever_forge.lineage_diff import diff_lineages, diff_text
+
+    home = _home(args)
+    try:
+        # "asset/partition" names the latest materialization; anything else is a hash prefix.
+        a, b = (_resolve_target(home, t.split("/", 1)) if "/" in t else t for t in (args.a, args.b))
+        result = diff_lineages(_store(args), a, b)
+    except (KeyError, ValueError) as e:
+        print(f"diff: {e.args[0]}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1, default=str) if args.json else diff_text(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retriever-forge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     ve.add_argument("--json", action="store_true")
     ve.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
     ve.set_defaults(func=cmd_verify)
+    au = sub.add_parser("audit", help="an auditor's report of an artifact: lineage graph, verification, prompts, samples, checks")
+    au.add_argument("target", nargs="+", help="artifact hash (prefix), or asset key [partition]")
+    au.add_argument("--out", help="write the report here (default: print it)")
+    au.add_argument("--format", choices=["html", "md"], default="html")
+    au.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
+    au.set_defaults(func=cmd_audit)
+    di = sub.add_parser("diff", help="why two artifacts of one asset differ: first points of divergence, score deltas")
+    di.add_argument("a", help="artifact hash (prefix), or asset/partition for the latest")
+    di.add_argument("b", help="artifact hash (prefix), or asset/partition for the latest")
+    di.add_argument("--json", action="store_true")
+    di.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
+    di.set_defaults(func=cmd_diff)
     args = parser.parse_args(argv)
     return args.func(args)
 

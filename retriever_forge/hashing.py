@@ -39,22 +39,33 @@ def hash_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def hash_tree_files(root: str | os.PathLike, *, suffixes: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Every file of a folder that counts towards its :func:`hash_tree`: relative path -> sha256.
+
+    Kept in folder artifacts' manifests so a failed verification can name the file that changed.
+    """
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    if suffixes is not None:
+        files = [p for p in files if p.name.endswith(suffixes)]
+    out = {}
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        # Caches and training checkpoints are not part of a model's identity.
+        if rel.startswith((".cache/", "checkpoints/")):
+            continue
+        out[rel] = hash_file(p)
+    return out
+
+
 def hash_tree(root: str | os.PathLike, *, suffixes: tuple[str, ...] | None = None) -> str:
     """Hash of a folder: every file's relative path and bytes, in sorted order.
 
     ``suffixes`` restricts the hash to e.g. weight files, so a model's identity does not change
     when a README beside it does.
     """
-    root = Path(root)
     h = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    if suffixes is not None:
-        files = [p for p in files if p.name.endswith(suffixes)]
-    for p in files:
-        rel = p.relative_to(root).as_posix()
-        # Caches and training checkpoints are not part of a model's identity.
-        if rel.startswith((".cache/", "checkpoints/")):
-            continue
+    for rel, digest in hash_tree_files(root, suffixes=suffixes).items():
         h.update(rel.encode() + b"\0")
-        h.update(hash_file(p).encode() + b"\0")
+        h.update(digest.encode() + b"\0")
     return h.hexdigest()

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from retriever_forge.artifacts import ArtifactRef, ArtifactStore
-from retriever_forge.hashing import hash_file
+from retriever_forge.hashing import hash_file, hash_tree_files
 
 PACKAGES = (
     "retriever-forge", "torch", "transformers", "sentence-transformers", "faiss-cpu", "polars",
@@ -78,6 +78,18 @@ def package_versions() -> dict[str, str]:
             continue
     versions["python"] = platform.python_version()
     return versions
+
+
+@functools.cache
+def operator() -> dict:
+    """Who ran it, where: the OS user and host name (answers an auditor's "who made this?")."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = None
+    return {"user": user, "host": platform.node()}
 
 
 @functools.cache
@@ -133,10 +145,18 @@ def build_manifest(
         "rows": rows,
         "packages": package_versions(),
         "hardware": hardware(),
+        "operator": operator(),
+        **({"files": _payload_files(ref)} if ref.format == "folder" else {}),
         "started_at": started_at,
         "finished_at": now(),
         **({"extra": extra} if extra else {}),
     }
+
+
+def _payload_files(ref: ArtifactRef) -> dict[str, str] | None:
+    """Per-file hashes of a folder payload on local disk (None for remote stores)."""
+    path = Path(ref.payload_uri)
+    return hash_tree_files(path) if path.is_dir() else None
 
 
 # --------------------------------------------------------------------------- trace / verify
@@ -213,15 +233,43 @@ def trace_markdown(tree: dict) -> str:
     return "\n".join(lines)
 
 
+def verify_artifact(store: ArtifactStore, ref: ArtifactRef, manifest: dict | None = None) -> dict:
+    """Re-hash one artifact's bytes now; on a mismatch, name the files that differ.
+
+    Returns ``{"ok", "actual", "path", "problems"}`` where each problem is ``{"file", "issue",
+    "expected", "actual"}`` (issue: ``changed``, ``missing`` or ``unexpected``). Folder artifacts
+    are compared file by file against the per-file hashes their manifest recorded.
+    """
+    try:
+        actual = store.rehash(ref)
+    except FileNotFoundError:
+        actual = None
+    result = {"ok": actual == ref.hash, "actual": actual, "path": ref.payload_uri, "problems": []}
+    if result["ok"]:
+        return result
+    if actual is None:
+        result["problems"].append({"file": ref.payload_uri, "issue": "missing", "expected": ref.hash, "actual": None})
+    elif ref.format != "folder":
+        result["problems"].append({"file": ref.payload_uri, "issue": "changed", "expected": ref.hash, "actual": actual})
+    else:
+        recorded = (manifest or store.read_manifest(ref) or {}).get("files")
+        now_files = hash_tree_files(store.local_path(ref))
+        if not recorded:
+            result["problems"].append({"file": ref.payload_uri, "issue": "changed (no per-file record in the manifest)",
+                                       "expected": ref.hash, "actual": actual})  # fmt: skip
+        else:
+            for rel in sorted(set(recorded) | set(now_files)):
+                exp, got = recorded.get(rel), now_files.get(rel)
+                if exp != got:
+                    issue = "missing" if got is None else "unexpected" if exp is None else "changed"
+                    result["problems"].append({"file": f"{ref.payload_uri}/{rel}", "issue": issue, "expected": exp, "actual": got})
+    return result
+
+
 def verify(store: ArtifactStore) -> list[dict]:
     """Re-hash every stored artifact; returns one record per artifact with ``ok``."""
     results = []
     for ref, manifest in store.iter_refs():
-        try:
-            actual = store.rehash(ref)
-        except FileNotFoundError:
-            actual = None
-        results.append(
-            {"asset": manifest.get("asset"), "kind": ref.kind, "hash": ref.hash, "actual": actual, "ok": actual == ref.hash, "path": ref.payload_uri}
-        )
+        check = verify_artifact(store, ref, manifest)
+        results.append({"asset": manifest.get("asset"), "kind": ref.kind, "hash": ref.hash, **check})
     return results

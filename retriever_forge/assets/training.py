@@ -22,8 +22,9 @@ from retriever_forge.assets.common import (
 from retriever_forge.assets.generation import _corpus_embeddings
 from retriever_forge.datasets import passage_text
 from retriever_forge.encoding import encode_cached
-from retriever_forge.hashing import hash_json
+from retriever_forge.hashing import hash_file, hash_json
 from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
+from retriever_forge.model_card import training_card_facts, write_model_card
 from retriever_forge.resources import ArtifactStoreResource, EncoderResource
 from retriever_forge.training import TrainingConfig, train_encoder
 
@@ -215,6 +216,9 @@ def fine_tuned_encoder(
         run_key = hash_json({"examples": training_examples.hash, "base": base.weights_hash, "config": dataclasses.asdict(tc)})[:16]
         out_dir = artifact_store.scratch("training", spec.name, run_key)
         result = train_encoder(base.path, examples, out_dir, tc, progress=log_progress(context), resume=True)
+        card_facts = training_card_facts(store, training_examples, examples, base_model=base.name, base_weights_hash=base.weights_hash,
+                                         dataset=spec.name, config=tc, result=result)  # fmt: skip
+        card = write_model_card(result.model_dir, card_facts)
         ref = store.put_folder(result.model_dir, "fine_tuned_encoder")
     losses = [h["loss"] for h in result.history]
     finite = all(math.isfinite(x) for x in losses)
@@ -222,14 +226,14 @@ def fine_tuned_encoder(
     # Which step's weights were published (0: no step beat the base model on the dev queries,
     # so these are the base weights), and why training stopped: in the manifest and the UI.
     training = {"best_step": result.best_step, "steps": len(losses), "stop_reason": result.stop_reason,
-                "device": result.device, "precision": result.precision}
+                "device": result.device, "precision": result.precision, "model_card_hash": hash_file(card)}
     yield publish(
         context, store, ref, asset="fine_tuned_encoder", upstream={"training_examples": training_examples}, timing=t,
         rows=int(examples.height), config={**values, "resolved": dataclasses.asdict(tc)},
         models={"base_encoder": {"id": base.name, "weights_hash": base.weights_hash},
                 "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": ref.hash, "precision": result.precision}},
         seeds={"seed": tc.seed},
-        extra={"training": training},
+        extra={"training": training, "model_card": card_facts},  # the card's facts: `retriever-forge model-card` re-renders it with scores
         metadata={
             **training, "stopped_early": result.stopped_early,
             "final_loss": losses[-1] if losses else None, "training_table_hash": training_examples.hash,

@@ -46,7 +46,9 @@ class PromptTemplate:
         return _PLACEHOLDER.sub(lambda m: fields.get(m.group(1), m.group(0)), self.text)
 
     def as_record(self) -> dict:
-        return {"id": self.id, "hash": self.hash, "format": "chat" if self.chat else "completion"}
+        """What a manifest keeps of the template: its text too, so an audit or a diff can show
+        the prompt a run used even after the template file has been edited."""
+        return {"id": self.id, "hash": self.hash, "format": "chat" if self.chat else "completion", "text": self.text}
 
 
 def load_template(template_id: str) -> PromptTemplate:
