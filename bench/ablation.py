@@ -20,6 +20,20 @@ Variants (``--variants`` picks a subset):
 * ``infonce+graded`` — both losses;
 * ``graded-judged-positive`` — the graded loss with the judge's grade for the positive too
   (``training_examples.positive_grade=null``) instead of the level it was written for.
+
+Issue 16's options, each against the defaults (the ``standard`` budget, no config); all reuse the
+default run's generations, so they cost mining, training and scoring only:
+
+* ``no-guard`` — the publication guard off (any dev gain publishes);
+* ``question-only`` — one query per passage (question style only; the pre-preset default);
+* ``half-passages`` — generation on half as many passages (800);
+* ``lr-1e-5`` — half the learning rate;
+* ``judge-forced`` — the judge used even below its self-check threshold (judges every pair:
+  not cheap with a slow judge).
+
+The table adds the dev signal of each variant (paired dev MRR@10 gain over the base and its z,
+which the publication guard tests) and the judge's self-check, so the dev signal's ranking of
+the variants can be read against the human-judged gain.
 """
 
 from __future__ import annotations
@@ -40,14 +54,29 @@ VARIANTS: dict[str, list[str]] = {
     "graded": ["fine_tuned_encoder.loss=graded"],
     "infonce+graded": ["fine_tuned_encoder.loss=infonce+graded"],
     "graded-judged-positive": ["fine_tuned_encoder.loss=graded", "training_examples.positive_grade=null"],
+    "default": [],
+    "no-guard": ["fine_tuned_encoder.min_dev_gain_z=0.0"],
+    "question-only": ["synthetic_queries.queries_per_document=1"],
+    "half-passages": ["synthetic_queries.documents_to_sample=800"],
+    "lr-1e-5": ["fine_tuned_encoder.learning_rate=1e-5"],
+    "judge-forced": ["relevance_judgments.min_judge_auc=null"],
 }
+
+
+def _dev(r: dict) -> str:
+    return "?" if r.get("dev_gain") is None else f"{r['dev_gain']:+.3f} ({r['dev_gain_z']:.1f})"
+
+
+def _judge(r: dict) -> str:
+    judge = r.get("judge") or {}
+    return "?" if judge.get("auc") is None else f"{judge['auc']:.3f} ({'used' if judge.get('used') else 'off'})"
 
 
 def table(rows: list[dict]) -> str:
     base = {r["label"]: r["ndcg_cut_10"] for r in rows if r["system"] == "base"}
     lines = [
-        "| variant | nDCG@10 | vs base | Recall@100 | MAP | MRR | dropped by margin / judge | kept step / steps | seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | nDCG@10 | vs base | Recall@100 | MAP | MRR | dropped by margin / judge | kept step / steps | dev gain (z) | judge AUC | train queries | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["system"] == "fine-tuned":
@@ -56,7 +85,7 @@ def table(rows: list[dict]) -> str:
             lines.append(
                 f"| {r['label']} | {r['ndcg_cut_10']:.4f} | {delta:+.4f} | {r['recall_100']:.4f} | {r['map']:.4f} | "
                 f"{r['recip_rank']:.4f} | {dropped.get('margin', '?')} / {dropped.get('judge', '?')} | "
-                f"{r.get('best_step', '?')} / {r.get('steps', '?')} | {r['seconds']:.0f} |"
+                f"{r.get('best_step', '?')} / {r.get('steps', '?')} | {_dev(r)} | {_judge(r)} | {r.get('train_queries', '?')} | {r['seconds']:.0f} |"
             )
     return "\n".join(lines)
 
@@ -66,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("folder")
     ap.add_argument("--config", default=None)
     ap.add_argument("--home", default=None, help="shared store and cache (default: bench/quality.py's)")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default="margin+judge,none,margin,judge,judge-relative,graded,infonce+graded,graded-judged-positive")
     ap.add_argument("--set", action="append", default=[], help="extra override for every variant")
     args = ap.parse_args(argv)
     rows: list[dict] = []

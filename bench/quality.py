@@ -7,6 +7,10 @@ encoder. Prints one JSON line per system:
     {"system": "fine-tuned", "ndcg_cut_10": ..., "recall_100": ..., "map": ..., "recip_rank": ...,
      "queries": 52, "seconds": ...}
 
+then ``rrf-base`` and ``rrf-fine-tuned``: BM25 fused with each encoder by reciprocal rank
+fusion (k=60, top 100 of each), the bar a user has without training.
+With no ``--config`` the run uses the ``--budget`` preset (default ``standard``).
+
 ``seconds`` is the search time for bm25/base and the whole adaptation (every asset) plus its
 search for fine-tuned.
 
@@ -32,6 +36,8 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's retriever_forge, not an installed one
+
 
 def parse_value(text: str):
     return yaml.safe_load(text)
@@ -49,13 +55,47 @@ def training_facts(home: Path, partition: str) -> dict:
     candidates = store.read_table(read_pointer(home, "hard_negatives", partition))
     drops = dict(candidates.group_by("dropped_by").len().iter_rows())
     examples = store.read_table(read_pointer(home, "training_examples", partition))
-    training = (store.read_manifest(read_pointer(home, "fine_tuned_encoder", partition)) or {}).get("extra", {}).get("training", {})
+    extra = (store.read_manifest(read_pointer(home, "fine_tuned_encoder", partition)) or {}).get("extra", {})
+    training = extra.get("training", {})
     return {
         "train_queries": examples.filter(pl.col("split") == "train").height,
         "dropped": {k: drops.get(k, 0) for k in ("margin", "judge", "guide")},
         "best_step": training.get("best_step"),
         "steps": training.get("steps"),
+        "dev_gain": training.get("dev_gain"),
+        "dev_gain_z": training.get("dev_gain_z"),
+        "judge": {k: (extra.get("judge") or {}).get(k) for k in ("auc", "pairs", "used")},
     }
+
+
+def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
+    """RRF(BM25, base) and RRF(BM25, fine-tuned): reciprocal rank fusion (k=60, top 100 of
+    each), the bar a user has without any training. Built from this run's artifacts; the corpus
+    embeddings come from the run's embedding cache, so nothing is encoded twice."""
+    import numpy as np
+
+    from retriever_forge.artifacts import ArtifactStore, read_pointer
+    from retriever_forge.assets.generation import _corpus_embeddings
+    from retriever_forge.encoding import encode
+    from retriever_forge.evaluation import bm25_run, dense_run, qrels_dict, score_run
+    from retriever_forge.fusion import reciprocal_rank_fusion
+    from retriever_forge.resources import ArtifactStoreResource, EncoderResource
+
+    store = ArtifactStore(str(home))
+    corpus = store.read_table(read_pointer(home, "corpus", partition))
+    queries = store.read_table(read_pointer(home, "eval_queries", partition))
+    qrels = qrels_dict(store.read_table(read_pointer(home, "eval_qrels", partition)))
+    resource, scratch = EncoderResource(), ArtifactStoreResource().scratch("embeddings")
+    ids, texts, doc_ids = queries["query_id"].to_list(), queries["text"].to_list(), corpus["doc_id"].to_list()
+    bm25 = bm25_run(corpus, queries, k=depth)
+    rows = []
+    for system, model in (("rrf-base", None), ("rrf-fine-tuned", str(store.local_path(read_pointer(home, "fine_tuned_encoder", partition))))):
+        enc = resource.load(model)
+        emb = np.asarray(_corpus_embeddings(enc, corpus, scratch, resource.batch_size))
+        dense = dense_run(encode(enc, texts), emb, ids, doc_ids, k=depth)
+        per_query, agg = score_run(reciprocal_rank_fusion([bm25, dense], k=60, depth=depth), qrels)
+        rows.append({"system": system, **agg, "queries": per_query.height})
+    return rows
 
 
 def main() -> int:
@@ -65,6 +105,8 @@ def main() -> int:
     parser.add_argument("--home", help="artifact store / cache folder (default .forge-bench/<name>)")
     parser.add_argument("--config", help="base run-config YAML (e.g. configs/cacm.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="ASSET.FIELD=VALUE", help="config override (YAML value)")
+    parser.add_argument("--budget", choices=["quick", "standard", "thorough"], default=None,
+                        help="budget preset (default standard; retriever_forge/budget.py)")
     parser.add_argument("--on-bad-rows", choices=["error", "quarantine"], default="error",
                         help="the dataset's policy for bad corpus/query rows (judgments naming a missing passage are always set aside)")
     parser.add_argument("--label", default="", help="label added to each JSON line (for ablations)")
@@ -89,6 +131,8 @@ def main() -> int:
 
     run_config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     run_config.setdefault("ops", {})
+    if args.budget:
+        run_config.setdefault("resources", {}).setdefault("budget", {}).setdefault("config", {})["preset"] = args.budget
     for item in args.set:
         key, _, value = item.partition("=")
         asset, _, field = key.partition(".")
@@ -113,6 +157,12 @@ def main() -> int:
         line["seconds"] = round(seconds, 1)
         if row["system"] == "fine-tuned":
             line.update(training)
+            line["published_weights"] = board.get("published_weights")
+        if args.label:
+            line["label"] = args.label
+        print(json.dumps(line))
+    for row in rrf_rows(home, name):
+        line = {k: row[k] for k in ("system", "ndcg_cut_10", "recall_100", "map", "recip_rank", "queries")}
         if args.label:
             line["label"] = args.label
         print(json.dumps(line))

@@ -4,6 +4,7 @@ Examples::
 
     retriever-forge run                         # the offline demo, end to end
     retriever-forge run --dataset cacm -c configs/cacm.yaml
+    retriever-forge run --dataset mycorpus --budget thorough
     retriever-forge trace benchmark_scores cacm
     retriever-forge trace 3f9a1c --json
     retriever-forge verify
@@ -55,6 +56,8 @@ def cmd_run(args) -> int:
     run_config = {}
     if args.config:
         run_config = yaml.safe_load(Path(args.config).read_text()) or {}
+    if args.budget:
+        run_config.setdefault("resources", {}).setdefault("budget", {}).setdefault("config", {})["preset"] = args.budget
     job = defs.resolve_job_def(args.job)
     if args.dataset not in job.partitions_def.get_partition_keys():
         print(f"unknown dataset {args.dataset!r}; datasets file lists: {job.partitions_def.get_partition_keys()}", file=sys.stderr)
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="materialize the graph for one dataset")
     run.add_argument("--dataset", default="demo", help="a dataset name from datasets.yaml (default: demo)")
     run.add_argument("-c", "--config", help="Dagster run config YAML (ops: {asset: {config: {...}}})")
+    run.add_argument("--budget", choices=["quick", "standard", "thorough"],
+                     help="budget preset (default: the dataset's in datasets.yaml, else standard); see retriever_forge/budget.py")
     run.add_argument("--job", default="adapt_retriever", help="job name (default: the whole graph)")
     run.set_defaults(func=cmd_run)
     tr = sub.add_parser("trace", help="print an artifact's upstream lineage")

@@ -80,6 +80,7 @@ class DatasetSpec:
     on_bad_rows: str = "error"  # error: stop at the first bad row; quarantine: set it aside with the reason
     max_passage_chars: int = 100_000  # longer passages are bad rows (never fed whole to a tokenizer)
     max_quarantine_share: float = 0.05  # corpus asset check: fail above this share of quarantined rows
+    budget: str | None = None  # quick | standard | thorough: this dataset's budget preset unless the run sets one
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -94,6 +95,8 @@ class DatasetSpec:
             raise DatasetError(f"dataset {self.name!r}: max_passage_chars must be a positive integer")
         if not 0.0 <= float(self.max_quarantine_share) <= 1.0:
             raise DatasetError(f"dataset {self.name!r}: max_quarantine_share must be between 0 and 1")
+        if self.budget is not None and self.budget not in ("quick", "standard", "thorough"):
+            raise DatasetError(f"dataset {self.name!r}: budget must be quick, standard or thorough, not {self.budget!r}")
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in (None, {}, "")}

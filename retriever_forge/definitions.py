@@ -10,6 +10,7 @@ from retriever_forge.resources import (
     DEFAULT_HOME,
     ArtifactRefIOManager,
     ArtifactStoreResource,
+    BudgetResource,
     EncoderResource,
     LLMResource,
 )
@@ -23,5 +24,6 @@ defs = dg.Definitions(
         "artifact_io": ArtifactRefIOManager(root=DEFAULT_HOME),
         "llm": LLMResource(),
         "encoder": EncoderResource(),
+        "budget": BudgetResource(),
     },
 )

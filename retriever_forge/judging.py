@@ -11,6 +11,10 @@ Pairs judged per query: its source passage (``pair_type="source"``) and the base
 candidates in a rank window (``pair_type="candidate"``) — the ones hard-negative mining would
 pick, so the mining step can drop the false negatives among them.
 
+The judge checks itself first (:func:`judge_check`): a calibration sample of queries against
+their own source and a random passage, where the answer is known. A 135M judge scores ROC AUC
+~0.5 there (chance); below ``min_auc`` its grades must not steer training.
+
 Example:
     >>> from retriever_forge.judging import grade_from_logprobs
     >>> import math
@@ -20,10 +24,12 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from retriever_forge import schemas
@@ -39,6 +45,80 @@ class JudgingConfig:
     candidates_per_query: int = 8  # candidate pairs judged per query
     candidate_rank_start: int = 1  # 1-based rank of the first candidate judged
     max_passage_words: int = 120
+    # The judge's self-check: this many queries against their own source passage (relevant)
+    # and a random passage (not relevant); 0 skips the check and always uses the judge.
+    calibration_queries: int = 100
+    # Below this ROC AUC the judge's grades do not steer training (None: always use them).
+    min_auc: float | None = 0.75
+    seed: int = 0
+
+
+CALIBRATION_TYPES = ("calibration_source", "calibration_random")
+
+
+def roc_auc(positive: list[float], negative: list[float]) -> float | None:
+    """ROC AUC of scores separating ``positive`` from ``negative`` (ties count one half).
+
+    The probability that a random positive outscores a random negative (Mann-Whitney U).
+
+    >>> roc_auc([3.0, 2.0], [1.0, 0.0]), roc_auc([1.0, 1.0], [1.0, 1.0]), roc_auc([0.0], [1.0])
+    (1.0, 0.5, 0.0)
+    """
+    if not positive or not negative:
+        return None
+    neg = sorted(negative)
+    wins = sum(bisect.bisect_left(neg, p) + 0.5 * (bisect.bisect_right(neg, p) - bisect.bisect_left(neg, p)) for p in positive)
+    return round(wins / (len(positive) * len(neg)), 4)
+
+
+def calibration_pairs(queries: pl.DataFrame, corpus: pl.DataFrame, n: int, seed: int = 0) -> pl.DataFrame:
+    """Pairs whose answer is known: ``n`` queries (drawn with ``seed``) against their own source
+    passage (``calibration_source``) and against a random other passage (``calibration_random``).
+
+    ``queries`` has query_id, doc_id, text; ``corpus`` doc_id, title, text.
+    """
+    from retriever_forge.datasets import passage_text
+
+    sample = queries if n >= queries.height else queries.sample(n=n, seed=seed, shuffle=False)
+    doc_ids = corpus["doc_id"].to_list()
+    passages = dict(zip(doc_ids, (passage_text(t, x) for t, x in zip(corpus["title"], corpus["text"], strict=True)), strict=True))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for qid, source, text in sample.select("query_id", "doc_id", "text").iter_rows():
+        rows.append((qid, text, source, passages[source], "calibration_source", 0))
+        if len(doc_ids) > 1:
+            other = source
+            while other == source:
+                other = doc_ids[int(rng.integers(len(doc_ids)))]
+            rows.append((qid, text, other, passages[other], "calibration_random", 0))
+    return pl.DataFrame(
+        rows, orient="row",
+        schema={"query_id": pl.String, "query": pl.String, "doc_id": pl.String, "passage": pl.String,
+                "pair_type": pl.String, "retrieval_rank": pl.Int64},
+    )  # fmt: skip
+
+
+def judge_check(calibration: pl.DataFrame, min_auc: float | None) -> dict:
+    """The judge's self-check from its calibration judgments: ROC AUC of the expected grade
+    (own source vs random passage), grade distributions, and whether the judge is ``used``.
+
+    ``used`` is False when the AUC is below ``min_auc``: its grades would be noise, so the judge
+    filter and the graded loss must not rely on them.
+    """
+    by_type = judgment_summary(calibration, CALIBRATION_TYPES)
+    src = calibration.filter(pl.col("pair_type") == "calibration_source")["expected_grade"].to_list()
+    rnd = calibration.filter(pl.col("pair_type") == "calibration_random")["expected_grade"].to_list()
+    auc = roc_auc(src, rnd)
+    used = min_auc is None or (auc is not None and auc >= min_auc)
+    return {"auc": auc, "pairs": calibration.height, "used": bool(used), "min_auc": min_auc, "grades": by_type}
+
+
+def judge_check_message(check: dict) -> str:
+    verdict = "used" if check["used"] else "NOT used: judge filter and graded loss off for this run, remaining pairs not judged"
+    return (
+        f"judge self-check: ROC AUC {check['auc']} on {check['pairs']} calibration pairs (own source vs random passage; "
+        f"threshold {check['min_auc']}) -> judge {verdict}"
+    )
 
 
 def grade_from_logprobs(logprobs: list[float]) -> tuple[int, float, list[float]]:
@@ -86,9 +166,15 @@ def judge_pairs(
     )
 
 
-def judgment_summary(judgments: pl.DataFrame) -> dict:
+def steering_judgments(judgments: pl.DataFrame) -> pl.DataFrame:
+    """The judgments that may steer training (sources and mined candidates; never the calibration
+    pairs). Empty when the judge failed its self-check, since the rest were then not judged."""
+    return judgments.filter(pl.col("pair_type").is_in(["source", "candidate"]))
+
+
+def judgment_summary(judgments: pl.DataFrame, pair_types: tuple[str, ...] = ("source", "candidate")) -> dict:
     by_type = {}
-    for pair_type in ("source", "candidate"):
+    for pair_type in pair_types:
         sub = judgments.filter(pl.col("pair_type") == pair_type)
         if sub.height:
             counts = sub.group_by("grade").len().sort("grade")

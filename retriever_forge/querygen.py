@@ -125,16 +125,35 @@ def _split_of(doc_id: str, config: QueryGenerationConfig) -> str:
 # --------------------------------------------------------------------------- generation
 
 
+def eligible_passages(corpus: pl.DataFrame, min_words: int) -> tuple[pl.DataFrame, int]:
+    """Passages of at least ``min_words`` words (title included), and the threshold applied.
+
+    A corpus of short passages (fewer than a quarter reach ``min_words``) is not left without
+    queries: the threshold drops to the length three quarters of its passages reach.
+
+    >>> corpus = pl.DataFrame({"doc_id": ["a", "b", "c"], "title": ["T", "", "Short"], "text": ["one two three", "four", ""]})
+    >>> eligible_passages(corpus, 2)[0]["doc_id"].to_list()
+    ['a']
+    >>> eligible_passages(corpus, 20)[1]
+    1
+    """
+    if min_words <= 0:
+        return corpus, 0
+    words = corpus.select(passage_text_expr().str.count_matches(r"\S+").alias("n"))["n"]
+    if int((words >= min_words).sum()) < 0.25 * corpus.height:
+        min_words = max(1, min(min_words, int(words.quantile(0.25, interpolation="lower") or 1)))
+    return corpus.filter(words >= min_words), min_words
+
+
 def sample_documents(corpus: pl.DataFrame, n: int | None, seed: int, min_words: int = 0) -> pl.DataFrame:
-    """``n`` passages (all when ``None``) of at least ``min_words`` words, drawn with ``seed``.
+    """``n`` passages (all when ``None`` or fewer are eligible) of at least ``min_words`` words
+    (see :func:`eligible_passages`), drawn with ``seed``.
 
     >>> corpus = pl.DataFrame({"doc_id": ["a", "b", "c"], "title": ["T", "", "Short"], "text": ["one two three", "four", ""]})
     >>> sample_documents(corpus, None, 0, min_words=2)["doc_id"].to_list()
     ['a']
     """
-    if min_words > 0:
-        words = corpus.select(passage_text_expr().str.count_matches(r"\S+").alias("n"))["n"]
-        corpus = corpus.filter(words >= min_words)
+    corpus, _ = eligible_passages(corpus, min_words)
     if n is None or n >= corpus.height:
         return corpus
     return corpus.sample(n=n, seed=seed, shuffle=False).sort("doc_id")

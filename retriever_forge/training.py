@@ -95,6 +95,10 @@ class TrainingConfig:
     eval_at_start: bool = True
     early_stopping_patience: int = 0
     max_dev_queries: int = 200  # dev evaluation encodes these queries and their lists
+    # Publication guard: a step's weights replace the base model's only if their dev MRR@10
+    # beats the base's by more than this many standard errors of the paired per-query
+    # difference (0: any gain). A gain within noise keeps the base weights.
+    min_dev_gain_z: float = 0.0
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
     time_budget_s: float | None = None  # stop (keeping the best weights) once exceeded
@@ -354,12 +358,27 @@ def evaluate_dev(model, dev: _Batchable, batch_size: int = 128) -> dict:
     rank = (scores > pos_score[:, None]).sum(1) + 1  # ties count in the positive's favour
     rr = torch.where(rank <= 10, 1.0 / rank.float(), torch.zeros_like(pos_score))
     return {
+        "per_query_rr": [round(float(x), 6) for x in rr],
         "mrr@10": round(float(rr.mean()), 6),
         "recall@1": round(float((rank <= 1).float().mean()), 6),
         "recall@10": round(float((rank <= 10).float().mean()), 6),
         "dev_queries": len(dev),
         "pool": len(pool_texts),
     }
+
+
+def dev_gain_over_base(rr: list[float], base_rr: list[float]) -> dict:
+    """Paired dev gain over the base model: mean per-query reciprocal-rank difference, its
+    standard error and their ratio ``gain_z`` (the publication guard's test statistic).
+
+    >>> dev_gain_over_base([1.0, 1.0, 0.5, 1.0], [0.5, 1.0, 0.5, 0.5])
+    {'gain': 0.25, 'gain_se': 0.144338, 'gain_z': 1.732}
+    """
+    diff = np.asarray(rr, dtype=np.float64) - np.asarray(base_rr, dtype=np.float64)
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    gain = float(diff.mean()) if len(diff) else 0.0
+    z = gain / se if se > 0 else (math.inf if gain > 0 else 0.0)
+    return {"gain": round(gain, 6), "gain_se": round(se, 6), "gain_z": round(z, 3) if math.isfinite(z) else 1e9}
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,9 +557,15 @@ def train_encoder(
 
     def run_eval() -> dict:
         metrics = {"step": state["step"], **evaluate_dev(model, dev)}
+        rr = metrics.pop("per_query_rr")
+        if state["step"] == 0:
+            state["base_rr"] = rr
+        elif state.get("base_rr") is not None:
+            metrics.update(dev_gain_over_base(rr, state["base_rr"]))
         state["dev_metrics"].append(metrics)
         score = metrics["mrr@10"]
-        if state["best_metric"] is None or score > state["best_metric"]:
+        beyond_noise = state["step"] == 0 or metrics.get("gain_z") is None or metrics["gain_z"] > cfg.min_dev_gain_z
+        if (state["best_metric"] is None or score > state["best_metric"]) and beyond_noise:
             state["best_metric"], state["best_step"] = score, state["step"]
             state["evals_without_improvement"] = 0
             if state["step"] > 0:  # step 0's weights are the base model's: nothing to save

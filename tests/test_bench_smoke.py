@@ -150,3 +150,34 @@ def test_quality_and_ablation_benches_on_any_beir_folder(tmp_path, capsys):
     tuned = rows[2]
     assert tuned["train_queries"] > 0 and set(tuned["dropped"]) == {"margin", "judge", "guide"} and tuned["steps"] >= 1
     assert 0 <= tuned["best_step"] <= tuned["steps"]
+
+
+def test_quality_suite_table_has_one_row_per_collection_with_every_column():
+    suite = _load("quality_suite")
+    rows = [
+        {"system": "bm25", "ndcg_cut_10": 0.5, "queries": 4},
+        {"system": "base", "ndcg_cut_10": 0.4, "queries": 4},
+        {"system": "fine-tuned", "ndcg_cut_10": 0.45, "queries": 4, "seconds": 120.0, "train_queries": 90, "best_step": 3,
+         "steps": 3, "judge": {"auc": 0.5, "pairs": 20, "used": False}},
+        {"system": "rrf-base", "ndcg_cut_10": 0.52, "queries": 4},
+        {"system": "rrf-fine-tuned", "ndcg_cut_10": 0.55, "queries": 4},
+    ]  # fmt: skip
+    table = suite.suite_table({"tiny": rows, "broken": []}).splitlines()
+    assert "RRF(BM25, fine-tuned)" in table[0] and "judge AUC" in table[0]
+    assert table[2] == "| tiny | 4 | 0.5000 | 0.4000 | 0.4500 | +0.0500 | 0.5200 | 0.5500 | 2.0 | 90 | 3 / 3 | 0.500 (off) |"
+    assert table[3].startswith("| broken | failed |")
+
+
+@pytest.mark.slow
+def test_quality_suite_runs_quality_on_each_folder(tmp_path, capsys):
+    folder = _tiny_beir(tmp_path / "tiny-beir")
+    results = _load("quality_suite").main(
+        [str(folder), "--config", str(folder / "tiny.yaml"), "--budget", "quick", "--home-root", str(tmp_path / "homes")]
+    )
+    out = capsys.readouterr().out
+    systems = [r["system"] for r in results["tiny-beir"]]
+    assert systems == ["bm25", "base", "fine-tuned", "rrf-base", "rrf-fine-tuned"]
+    tuned = results["tiny-beir"][2]
+    assert set(tuned["judge"]) == {"auc", "pairs", "used"} and tuned["judge"]["pairs"] > 0
+    assert tuned["published_weights"] == "base" or tuned["published_weights"].startswith("fine-tuned")
+    assert "| tiny-beir | 6 |" in out

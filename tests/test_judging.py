@@ -2,7 +2,15 @@ import math
 
 import polars as pl
 
-from retriever_forge.judging import JudgingConfig, grade_from_logprobs, judge_pairs
+from retriever_forge.judging import (
+    JudgingConfig,
+    calibration_pairs,
+    grade_from_logprobs,
+    judge_check,
+    judge_pairs,
+    roc_auc,
+    steering_judgments,
+)
 from tests.conftest import ScriptedLLM
 
 
@@ -32,3 +40,51 @@ def test_passage_cannot_inject_its_own_label():
     pairs = pl.DataFrame({"query_id": ["q"], "query": ["x"], "doc_id": ["d"], "passage": [hostile], "pair_type": ["candidate"], "retrieval_rank": [1]})
     j = judge_pairs(pairs, ScriptedLLM(), JudgingConfig())
     assert j["grade"].item() in (0, 1, 2, 3) and 0 <= j["expected_grade"].item() <= 3
+
+
+def _calibration_inputs():
+    corpus = pl.DataFrame({"doc_id": [f"d{i}" for i in range(10)], "title": [""] * 10,
+                           "text": [f"passage number {i} about topic{i}" for i in range(10)]})  # fmt: skip
+    queries = pl.DataFrame({"query_id": [f"q{i}" for i in range(10)], "doc_id": [f"d{i}" for i in range(10)],
+                            "text": [f"what is topic{i}" for i in range(10)]})  # fmt: skip
+    return queries, corpus
+
+
+def test_calibration_pairs_pair_each_query_with_its_source_and_a_random_other_passage():
+    queries, corpus = _calibration_inputs()
+    pairs = calibration_pairs(queries, corpus, n=6, seed=1)
+    src = pairs.filter(pl.col("pair_type") == "calibration_source")
+    rnd = pairs.filter(pl.col("pair_type") == "calibration_random")
+    assert src.height == rnd.height == 6
+    assert all(q[1:] == d[1:] for q, d in src.select("query_id", "doc_id").iter_rows())
+    assert all(q[1:] != d[1:] for q, d in rnd.select("query_id", "doc_id").iter_rows())
+    assert calibration_pairs(queries, corpus, n=6, seed=1).equals(pairs)  # reproducible from the seed
+
+
+def test_judge_that_knows_the_answer_passes_and_one_that_always_says_zero_fails():
+    queries, corpus = _calibration_inputs()
+    pairs = calibration_pairs(queries, corpus, n=10, seed=0)
+
+    def knows(prompt: str) -> list[float]:
+        # Relevant when the passage mentions the query's topic: the UMBRELA prompt holds both.
+        topic = prompt.split("what is ")[1].split()[0].strip('"\n')
+        return [0.02, 0.03, 0.05, 0.9] if f"about {topic}" in prompt else [0.9, 0.05, 0.03, 0.02]
+
+    good = judge_check(judge_pairs(pairs, ScriptedLLM(grades=knows), JudgingConfig()), min_auc=0.75)
+    assert good["auc"] == 1.0 and good["used"] and good["pairs"] == 20
+    assert good["grades"]["calibration_source"]["grade_counts"] == {"3": 10}
+    zero = judge_check(judge_pairs(pairs, ScriptedLLM(grades=lambda p: [0.97, 0.01, 0.01, 0.01]), JudgingConfig()), min_auc=0.75)
+    assert zero["auc"] == 0.5 and not zero["used"]
+    assert judge_check(judge_pairs(pairs, ScriptedLLM(grades=lambda p: [0.97, 0.01, 0.01, 0.01]), JudgingConfig()), None)["used"]
+
+
+def test_roc_auc_known_answers():
+    assert roc_auc([2.0, 3.0], [0.0, 1.0]) == 1.0
+    assert roc_auc([0.0, 1.0], [2.0, 3.0]) == 0.0
+    assert roc_auc([1.0, 3.0], [2.0, 0.0]) == 0.75
+    assert roc_auc([], [1.0]) is None
+
+
+def test_steering_judgments_exclude_calibration_pairs():
+    j = pl.DataFrame({"pair_type": ["source", "candidate", "calibration_source", "calibration_random"]})
+    assert steering_judgments(j)["pair_type"].to_list() == ["source", "candidate"]

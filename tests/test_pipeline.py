@@ -10,7 +10,7 @@ from retriever_forge.artifacts import ArtifactRef, ArtifactStore
 from retriever_forge.assets import ALL_ASSETS
 from retriever_forge.prompts import PROMPTS_DIR
 from retriever_forge.provenance import trace, verify
-from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, EncoderResource, LLMResource
+from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, BudgetResource, EncoderResource, LLMResource
 
 TINY_RUN = {
     "ops": {
@@ -28,6 +28,7 @@ def _resources(home):
         "artifact_io": ArtifactRefIOManager(root=str(home)),
         "llm": LLMResource(batch_size=8),
         "encoder": EncoderResource(batch_size=32),
+        "budget": BudgetResource(),
     }
 
 
@@ -56,6 +57,13 @@ def test_full_graph_materializes_with_scores(first_run):
     assert set(scores["system"]) == {"bm25", "base", "fine-tuned"}
     board = json.loads((home / "scoreboards" / "demo.json").read_text())
     assert all(r["judgments"] == "synthetic" for r in board["systems"])
+    # The judge checked itself (calibration pairs) and the scoreboard says whose weights were published.
+    assert set(board["judge"]) == {"auc", "pairs", "used"} and board["judge"]["pairs"] > 0 and 0 <= board["judge"]["auc"] <= 1
+    assert board["published_weights"] == "base" or board["published_weights"].startswith("fine-tuned (step ")
+    judgments = store.read_table(_ref(home, "relevance_judgments"))
+    assert {"calibration_source", "calibration_random"} <= set(judgments["pair_type"])
+    if not board["judge"]["used"]:  # SmolLM2 is at chance: the rest was not judged
+        assert set(judgments["pair_type"]) == {"calibration_source", "calibration_random"}
     md = result.asset_materializations_for_node("benchmark_scores")[0].metadata["scoreboard"].value
     assert "SYNTHETIC" in md and "fine-tuned" in md
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}

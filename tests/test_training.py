@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -269,3 +270,21 @@ def test_grad_cache_training_run(tiny_model, tmp_path):
     cfg = TrainingConfig(epochs=1, grad_cache_chunk_size=4, checkpoint_every_steps=1, **FAST)
     result = train_encoder(tiny_model, _examples(3, 1), tmp_path / "run", cfg)
     assert len(result.history) == 3 and all(math.isfinite(h["loss"]) for h in result.history)
+
+
+def test_publication_guard_keeps_the_base_unless_the_dev_gain_is_beyond_noise(tiny_model, tmp_path):
+    # The same run as test_loss_decreases_and_dev_improves, whose dev MRR rises well above the
+    # base's: with a guard below its z it is published; with an impossible bar the base is kept.
+    cfg = TrainingConfig(epochs=6, loss="infonce", **FAST)
+    guarded = train_encoder(tiny_model, _examples(), tmp_path / "z", dataclasses.replace(cfg, min_dev_gain_z=0.5))
+    last = guarded.dev_metrics[-1]
+    assert last["gain"] > 0 and last["gain_z"] > 0.5 and guarded.best_step > 0
+    strict = train_encoder(tiny_model, _examples(), tmp_path / "strict", dataclasses.replace(cfg, min_dev_gain_z=1e12))
+    assert strict.best_step == 0 and strict.weights_hash == model_folder_hash(strict.model_dir)
+
+
+def test_dev_gain_over_base_has_known_answers():
+    assert training.dev_gain_over_base([0.5, 0.5], [0.5, 0.5]) == {"gain": 0.0, "gain_se": 0.0, "gain_z": 0.0}
+    same_gain = training.dev_gain_over_base([1.0, 1.0], [0.5, 0.5])
+    assert same_gain["gain"] == 0.5 and same_gain["gain_se"] == 0.0 and same_gain["gain_z"] > 1e6
+    assert training.dev_gain_over_base([0.0, 0.5], [0.5, 0.5])["gain"] == -0.25

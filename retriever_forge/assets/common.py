@@ -27,15 +27,25 @@ def dataset_spec(context: dg.AssetExecutionContext) -> DatasetSpec:
     return registry[name]
 
 
-def effective_config(config: dg.Config, spec: DatasetSpec, asset: str) -> dict:
-    """Config values: run config set explicitly > the dataset's overrides in datasets.yaml > defaults."""
+def effective_config(config: dg.Config, spec: DatasetSpec, asset: str, budget: str | None = None) -> dict:
+    """Config values: run config set explicitly > the dataset's overrides in datasets.yaml >
+    the ``budget`` preset (:mod:`retriever_forge.budget`) > defaults. With a budget, its name is
+    recorded as ``values["budget"]``."""
     values = config.model_dump()
+    if budget is not None:
+        from retriever_forge.budget import preset_values
+
+        for key, value in preset_values(budget, asset).items():
+            if key in values and key not in config.model_fields_set:
+                values[key] = value
     overrides = (spec.extra or {}).get("overrides", {}).get(asset, {})
     for key, value in overrides.items():
         if key not in values:
             raise dg.Failure(f"datasets file: dataset {spec.name!r}: {asset}.{key} is not a config field of {asset}")
         if key not in config.model_fields_set:
             values[key] = value
+    if budget is not None:
+        values["budget"] = budget
     return values
 
 

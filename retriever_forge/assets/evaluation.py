@@ -13,9 +13,11 @@ from pydantic import Field
 from retriever_forge.artifacts import ArtifactRef
 from retriever_forge.assets.common import CODE_VERSION, dataset_partitions, dataset_spec, effective_config, publish, timed
 from retriever_forge.assets.generation import _corpus_embeddings
+from retriever_forge.assets.training import judge_verdict
 from retriever_forge.encoding import encode
 from retriever_forge.evaluation import MEASURES, bm25_run, dense_run, qrels_dict, score_run, scoreboard_markdown
 from retriever_forge.indexing import build_corpus_index, load_corpus_index, search_corpus_index
+from retriever_forge.judging import steering_judgments
 from retriever_forge.resources import ArtifactStoreResource, EncoderResource
 
 
@@ -66,16 +68,28 @@ def corpus_index(
 def synthetic_eval_set(queries: pl.DataFrame, judgments: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Held-out synthetic queries and LLM pseudo-qrels, for corpora without human judgments.
 
-    The source passage counts as relevant (grade at least 1, as in InPars/GPL); retrieved
-    candidates count when the judge graded them 2 or 3.
+    The source passage counts as relevant (grade at least 1, as in InPars/GPL; 1 where the judge
+    did not grade it, e.g. a judge that failed its self-check); retrieved candidates count when
+    the judge graded them 2 or 3.
     """
     test = queries.filter(pl.col("dropped_by").is_null() & (pl.col("split") == "test"))
-    j = judgments.filter(pl.col("query_id").is_in(test["query_id"].implode()))
+    j = steering_judgments(judgments).filter(pl.col("query_id").is_in(test["query_id"].implode()))
+    source_grade = j.filter(pl.col("pair_type") == "source").select("query_id", "doc_id", "grade").unique(["query_id", "doc_id"])
+    sources = test.select("query_id", "doc_id").join(source_grade, on=["query_id", "doc_id"], how="left")
     qrels = pl.concat([
-        j.filter(pl.col("pair_type") == "source").select("query_id", "doc_id", pl.max_horizontal(pl.col("grade"), pl.lit(1)).alias("relevance")),
+        sources.select("query_id", "doc_id", pl.max_horizontal(pl.col("grade").fill_null(1), pl.lit(1)).alias("relevance")),
         j.filter((pl.col("pair_type") == "candidate") & (pl.col("grade") >= 2)).select("query_id", "doc_id", pl.col("grade").alias("relevance")),
     ]).unique(["query_id", "doc_id"], keep="first").cast({"relevance": pl.Int64})  # fmt: skip
     return test.select("query_id", "text"), qrels
+
+
+def published_weights(store, fine_tuned_encoder: ArtifactRef) -> str:
+    """``base`` when no training step beat the base model on dev (its weights were published),
+    else ``fine-tuned (step N of M)``."""
+    training = ((store.read_manifest(fine_tuned_encoder) or {}).get("extra") or {}).get("training") or {}
+    if training.get("best_step") == 0:
+        return "base"
+    return f"fine-tuned (step {training.get('best_step')} of {training.get('steps')})"
 
 
 @dg.asset(
@@ -139,8 +153,11 @@ def benchmark_scores(
             rows.append({"system": system, **agg, "queries": pq.height, "judgments": judged_by, "search_seconds": seconds[system]})
         table = pl.concat(per_query).select("system", "query_id", *MEASURES)
         ref = store.put_table(table, "benchmark_scores")
-    markdown = scoreboard_markdown(rows, judged_by)
-    scoreboard_path = _write_scoreboard(artifact_store, spec.name, rows, markdown, ref)
+    judge = {k: v for k, v in judge_verdict(store, relevance_judgments).items() if k in ("auc", "pairs", "used")}
+    weights = published_weights(store, fine_tuned_encoder)
+    markdown = scoreboard_markdown(rows, judged_by) + "\n\n" + scoreboard_notes(judge, weights)
+    scoreboard_path = _write_scoreboard(artifact_store, spec.name, rows, markdown, ref,
+                                        extra={"judge": judge, "published_weights": weights})  # fmt: skip
     by_system = {r["system"]: r for r in rows}
     yield publish(
         context, store, ref, asset="benchmark_scores",
@@ -150,6 +167,7 @@ def benchmark_scores(
         models={"base_encoder": {"id": base.name, "weights_hash": base.weights_hash},
                 "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": fine_tuned_encoder.hash}},
         metadata={"scoreboard": dg.MetadataValue.md(markdown), "judgments": judged_by,
+                  "judge": dg.MetadataValue.json(judge), "published_weights": weights,
                   "scoreboard_file": dg.MetadataValue.path(str(scoreboard_path)),
                   **{f"ndcg_cut_10/{s}": r["ndcg_cut_10"] for s, r in by_system.items()}},
         with_trace=True,
@@ -161,10 +179,22 @@ def benchmark_scores(
     )  # fmt: skip
 
 
-def _write_scoreboard(artifact_store: ArtifactStoreResource, dataset: str, rows: list[dict], markdown: str, ref: ArtifactRef) -> Path:
+def scoreboard_notes(judge: dict, weights: str) -> str:
+    """What a reader needs beside the scores: whose weights were published and whether the judge steered training."""
+    lines = [f"Published weights: **{weights}**" + (" (no training step beat the base model on dev beyond noise)." if weights == "base" else ".")]
+    if judge.get("pairs"):
+        verdict = "used" if judge["used"] else "**not used** (below threshold: judge filter and graded loss off)"
+        lines.append(f"Judge self-check: ROC AUC {judge['auc']} on {judge['pairs']} calibration pairs; {verdict}.")
+    return "\n".join(lines)
+
+
+def _write_scoreboard(
+    artifact_store: ArtifactStoreResource, dataset: str, rows: list[dict], markdown: str, ref: ArtifactRef, extra: dict | None = None
+) -> Path:
     """A human-findable copy of the latest scoreboard per dataset (the artifact itself is immutable)."""
     folder = artifact_store.scoreboard_dir()
     (folder / f"{dataset}.md").write_text(f"# {dataset}\n\n{markdown}\n\nArtifact: `{ref.hash}`\n")
-    (folder / f"{dataset}.json").write_text(json.dumps({"dataset": dataset, "artifact_hash": ref.hash, "systems": rows}, indent=1))
+    board = {"dataset": dataset, "artifact_hash": ref.hash, "systems": rows, **(extra or {})}
+    (folder / f"{dataset}.json").write_text(json.dumps(board, indent=1))
     return folder / f"{dataset}.md"
 

@@ -17,19 +17,29 @@ from retriever_forge.assets.common import (
     publish,
     timed,
 )
+from retriever_forge.budget import estimate_plan, plan_message
 from retriever_forge.datasets import passage_text
 from retriever_forge.encoding import encode_cached
-from retriever_forge.judging import JudgingConfig, judge_pairs, judgment_summary
+from retriever_forge.judging import (
+    CALIBRATION_TYPES,
+    JudgingConfig,
+    calibration_pairs,
+    judge_check,
+    judge_check_message,
+    judge_pairs,
+    judgment_summary,
+)
 from retriever_forge.prompts import load_template
 from retriever_forge.querygen import (
     STYLE_TEMPLATES,
     QueryGenerationConfig,
+    eligible_passages,
     generate_synthetic_queries,
     generation_summary,
     round_trip_filter,
     style_templates,
 )
-from retriever_forge.resources import ArtifactStoreResource, EncoderResource, LLMResource
+from retriever_forge.resources import ArtifactStoreResource, BudgetResource, EncoderResource, LLMResource
 from retriever_forge.search import exact_search
 
 
@@ -55,6 +65,13 @@ class RelevanceJudgmentsConfig(dg.Config):
     template: str = Field(default="judge/umbrela_v1", description="Judge prompt template id or .txt path.")
     candidates_per_query: int = Field(default=8, description="Base-retriever candidates judged per query.")
     candidate_rank_start: int = Field(default=1, description="1-based rank of the first candidate judged.")
+    calibration_queries: int = Field(
+        default=100, description="Judge self-check: queries judged against their own source and a random passage (0: no check)."
+    )
+    min_judge_auc: float | None = Field(
+        default=0.75, description="Below this calibration ROC AUC the judge does not steer training and the rest is not judged (null: always use it)."
+    )
+    seed: int = 0
 
 
 def _corpus_embeddings(encoder, corpus: pl.DataFrame, cache_dir, batch_size: int) -> np.ndarray:
@@ -81,10 +98,12 @@ def synthetic_queries(
     artifact_store: ArtifactStoreResource,
     llm: LLMResource,
     encoder: EncoderResource,
+    budget: BudgetResource,
 ):
     """LLM-written queries for sampled passages (InPars/Promptagator), with every filter decision kept."""
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "synthetic_queries")
+    preset = budget.for_dataset(spec)
+    values = effective_config(config, spec, "synthetic_queries", budget=preset)
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     has_human_judgments = store.read_table(eval_qrels).height > 0
@@ -102,6 +121,17 @@ def synthetic_queries(
         test_fraction=0.0 if has_human_judgments else values["synthetic_test_fraction"],
         seed=values["seed"],
     )
+    # The plan, before any LLM call: what this run will generate and judge, and how long that
+    # takes at the throughput measured here (the judging part depends on the judge's self-check).
+    eligible, min_words = eligible_passages(corpus_df, qg.min_passage_words)
+    judging = effective_config(RelevanceJudgmentsConfig(), spec, "relevance_judgments", budget=preset)
+    plan = estimate_plan(
+        eligible.height, preset, corpus_passages=corpus_df.height, documents_to_sample=qg.documents_to_sample,
+        queries_per_document=qg.queries_per_document, calibration_queries=judging["calibration_queries"],
+        candidates_per_query=judging["candidates_per_query"],
+    )  # fmt: skip
+    plan["min_passage_words"] = min_words
+    context.log.info(plan_message(plan) + (f"; passages need {min_words}+ words" if min_words else ""))
     with timed() as t:
         generator = llm.build(artifact_store.scratch("llm-cache"), chat=True, progress=log_progress(context))
         completer = llm.build(artifact_store.scratch("llm-cache"), chat=False, progress=log_progress(context))
@@ -130,6 +160,7 @@ def synthetic_queries(
             "dropped_by_filter": dg.MetadataValue.json(summary["dropped"]),
             "splits": dg.MetadataValue.json(summary["splits"]),
             "llm_stats": dg.MetadataValue.json(stats),
+            "plan": dg.MetadataValue.json(plan),
             "queries_per_second": round(summary["generated"] / max(stats.get("seconds", 0.0), 1e-9), 2) if stats.get("misses") else None,
             "sample_queries": dg.MetadataValue.md(markdown_table(kept.select("doc_id", "style", "text"), 10)),
         },
@@ -189,38 +220,66 @@ def relevance_judgments(
     artifact_store: ArtifactStoreResource,
     llm: LLMResource,
     encoder: EncoderResource,
+    budget: BudgetResource,
 ):
-    """UMBRELA 0–3 grades by constrained choice, for each query's source and its top candidates."""
+    """UMBRELA 0–3 grades by constrained choice, for each query's source and its top candidates.
+
+    The judge checks itself first: a calibration sample of queries against their own source
+    (relevant) and a random passage (not relevant). Below ``min_judge_auc`` ROC AUC its grades
+    are noise, so the rest is not judged and the judge filter and graded loss are off downstream.
+    """
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "relevance_judgments")
+    values = effective_config(config, spec, "relevance_judgments", budget=budget.for_dataset(spec))
     cfg = JudgingConfig(template=values["template"], candidates_per_query=values["candidates_per_query"],
-                        candidate_rank_start=values["candidate_rank_start"])  # fmt: skip
+                        candidate_rank_start=values["candidate_rank_start"], calibration_queries=values["calibration_queries"],
+                        min_auc=values["min_judge_auc"], seed=values["seed"])  # fmt: skip
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     queries = store.read_table(synthetic_queries).filter(pl.col("dropped_by").is_null())
+    progress = log_progress(context)
     with timed() as t:
-        enc = encoder.load()
-        corpus_emb = _corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
-        query_emb = encode_cached(enc, queries["text"].to_list(), None, batch_size=encoder.batch_size)
-        pairs = judgment_pairs(queries, corpus_df, corpus_emb, query_emb, cfg)
-        judge = llm.build(artifact_store.scratch("llm-cache"), chat=True, progress=log_progress(context))
-        judgments = judge_pairs(pairs, judge, cfg, progress=log_progress(context))
+        judge = llm.build(artifact_store.scratch("llm-cache"), chat=True, progress=progress)
+        if cfg.calibration_queries > 0:
+            pool = queries.filter(pl.col("split").is_in(["train", "dev"]))
+            calibration = judge_pairs(calibration_pairs(pool, corpus_df, cfg.calibration_queries, cfg.seed), judge, cfg, progress=progress)
+            check = judge_check(calibration, cfg.min_auc)
+        else:
+            calibration = None
+            check = {"auc": None, "pairs": 0, "used": True, "min_auc": None, "grades": {}}
+        context.log.info(judge_check_message(check))
+        if check["used"]:
+            enc = encoder.load()
+            corpus_emb = _corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+            query_emb = encode_cached(enc, queries["text"].to_list(), None, batch_size=encoder.batch_size)
+            pairs = judgment_pairs(queries, corpus_df, corpus_emb, query_emb, cfg)
+            judgments = judge_pairs(pairs, judge, cfg, progress=progress)
+            if calibration is not None:
+                judgments = pl.concat([calibration, judgments])
+        else:
+            judgments = calibration
         ref = store.put_table(judgments, "relevance_judgments")
-    summary = judgment_summary(judgments)
+    summary = judgment_summary(judgments, ("source", "candidate", *CALIBRATION_TYPES))
     template = load_template(cfg.template)
+    models = {"judge": {"id": judge.model_id, "weights_hash": judge.weights_hash, "backend": llm.backend, "numerics": judge.numerics}}
+    if check["used"]:
+        models["candidate_encoder"] = {"id": enc.name, "weights_hash": enc.weights_hash}
+    judge_record = {k: check[k] for k in ("auc", "pairs", "used", "min_auc")}
     yield publish(
         context, store, ref, asset="relevance_judgments",
         upstream={"corpus": corpus, "synthetic_queries": synthetic_queries}, timing=t, rows=judgments.height,
-        config=values,
-        models={"judge": {"id": judge.model_id, "weights_hash": judge.weights_hash, "backend": llm.backend, "numerics": judge.numerics},
-                "candidate_encoder": {"id": enc.name, "weights_hash": enc.weights_hash}},
-        prompts={"judge": template.as_record()},
-        metadata={"grades": dg.MetadataValue.json(summary), "llm_stats": dg.MetadataValue.json(dict(judge.stats))},
+        config=values, models=models, prompts={"judge": template.as_record()}, extra={"judge": judge_record},
+        metadata={"grades": dg.MetadataValue.json(summary), "llm_stats": dg.MetadataValue.json(dict(judge.stats)),
+                  "judge_auc": check["auc"], "judge_used": check["used"],
+                  "judge_check": dg.MetadataValue.md(judge_check_message(check))},
     )  # fmt: skip
-    src = summary.get("source", {}).get("mean_expected_grade", 0.0)
-    cand = summary.get("candidate", {}).get("mean_expected_grade", 0.0)
+    if check["used"] and cfg.calibration_queries == 0:
+        src = summary.get("source", {}).get("mean_expected_grade", 0.0)
+        cand = summary.get("candidate", {}).get("mean_expected_grade", 0.0)
+    else:
+        src = summary.get("calibration_source", {}).get("mean_expected_grade", 0.0)
+        cand = summary.get("calibration_random", {}).get("mean_expected_grade", 0.0)
     yield dg.AssetCheckResult(
-        check_name="judged_grade_distribution", asset_key="relevance_judgments", passed=bool(src >= cand),
+        check_name="judged_grade_distribution", asset_key="relevance_judgments", passed=bool(src >= cand) and check["used"],
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"mean_grade_source": src, "mean_grade_candidates": cand},
+        metadata={"mean_grade_source": src, "mean_grade_other": cand, "judge_auc": check["auc"], "judge_used": check["used"]},
     )  # fmt: skip

@@ -23,9 +23,10 @@ from retriever_forge.assets.generation import _corpus_embeddings
 from retriever_forge.datasets import passage_text
 from retriever_forge.encoding import encode_cached
 from retriever_forge.hashing import hash_file, hash_json
+from retriever_forge.judging import steering_judgments
 from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
 from retriever_forge.model_card import training_card_facts, write_model_card
-from retriever_forge.resources import ArtifactStoreResource, EncoderResource
+from retriever_forge.resources import ArtifactStoreResource, BudgetResource, EncoderResource
 from retriever_forge.training import TrainingConfig, train_encoder
 
 _MINING_DEFAULTS = MiningConfig()
@@ -72,8 +73,18 @@ class FineTuneConfig(dg.Config):
     max_seq_length: int = _TRAINING_DEFAULTS.max_seq_length
     topic_batches: bool = Field(default=_TRAINING_DEFAULTS.topic_batches, description="TAS-Balanced topic-aware batches.")
     early_stopping_patience: int = Field(default=_TRAINING_DEFAULTS.early_stopping_patience, description="Dev evaluations without gain before stopping (0: off).")
+    min_dev_gain_z: float = Field(
+        default=_TRAINING_DEFAULTS.min_dev_gain_z,
+        description="Publication guard: keep the base weights unless the dev MRR@10 gain exceeds this many standard errors (0: any gain).",
+    )
     bf16: bool = Field(default=_TRAINING_DEFAULTS.bf16, description="Autocast to bfloat16 where it is native (GPUs, CPUs with AVX512-BF16/AMX).")
     seed: int = _TRAINING_DEFAULTS.seed
+
+
+def judge_verdict(store, ref: ArtifactRef) -> dict:
+    """The judge's self-check (``auc, pairs, used``) recorded in ``ref``'s manifest: the
+    relevance judgments' own, or the one a downstream asset copied. Unrecorded: used."""
+    return ((store.read_manifest(ref) or {}).get("extra") or {}).get("judge") or {"auc": None, "pairs": 0, "used": True}
 
 
 def _kept(store, ref) -> pl.DataFrame:
@@ -102,7 +113,8 @@ def hard_negatives(
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
-    judgments = store.read_table(relevance_judgments)
+    # Only the judgments that may steer training: none when the judge failed its self-check.
+    judgments = steering_judgments(store.read_table(relevance_judgments))
     mining = MiningConfig(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(MiningConfig)}})
     mining.use_guide = values["guide_model"] is not None
     with timed() as t:
@@ -132,7 +144,8 @@ def hard_negatives(
         context, store, ref, asset="hard_negatives",
         upstream={"corpus": corpus, "synthetic_queries": synthetic_queries, "relevance_judgments": relevance_judgments},
         timing=t, rows=candidates.height, config=values, models=models, seeds={"seed": values["seed"]},
-        metadata={"filter_decisions": dg.MetadataValue.json(decisions), "queries": queries.height},
+        metadata={"filter_decisions": dg.MetadataValue.json(decisions), "queries": queries.height,
+                  "judge_used": judge_verdict(store, relevance_judgments)["used"]},
     )  # fmt: skip
 
 
@@ -162,7 +175,7 @@ def training_examples(
     with timed() as t:
         queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
         examples = build_training_examples(
-            queries, store.read_table(corpus), store.read_table(hard_negatives), store.read_table(relevance_judgments),
+            queries, store.read_table(corpus), store.read_table(hard_negatives), steering_judgments(store.read_table(relevance_judgments)),
             positive_grade=values["positive_grade"],
         )  # fmt: skip
         ref = store.put_table(examples, "training_examples")
@@ -172,7 +185,7 @@ def training_examples(
         context, store, ref, asset="training_examples",
         upstream={"corpus": corpus, "synthetic_queries": synthetic_queries, "relevance_judgments": relevance_judgments,
                   "hard_negatives": hard_negatives},
-        timing=t, rows=examples.height, config=values,
+        timing=t, rows=examples.height, config=values, extra={"judge": judge_verdict(store, relevance_judgments)},
         metadata={"splits": dg.MetadataValue.json(splits),
                   "mean_negatives": round(float(examples["negative_ids"].list.len().mean() or 0), 2),
                   "preview": dg.MetadataValue.md(markdown_table(examples.select("query", "positive_text", "negative_texts"), 3))},
@@ -202,13 +215,20 @@ def fine_tuned_encoder(
     training_examples: ArtifactRef,
     artifact_store: ArtifactStoreResource,
     encoder: EncoderResource,
+    budget: BudgetResource,
 ):
     """The base encoder fine-tuned on the training examples; a sentence-transformers folder (safetensors)."""
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "fine_tuned_encoder")
+    values = effective_config(config, spec, "fine_tuned_encoder", budget=budget.for_dataset(spec))
     store = artifact_store.get_store()
     examples = store.read_table(training_examples)
-    tc = dataclasses.replace(TrainingConfig(), **values)
+    # A judge that failed its self-check must not steer the loss: its grades would be noise.
+    judge = judge_verdict(store, training_examples)
+    trained = {k: v for k, v in values.items() if k != "budget"}
+    if not judge["used"] and "graded" in trained["loss"]:
+        context.log.warning(f"judge not used (self-check ROC AUC {judge['auc']}): loss {trained['loss']!r} -> 'infonce'")
+        trained["loss"] = "infonce"
+    tc = dataclasses.replace(TrainingConfig(), **trained)
     with timed() as t:
         base = encoder.load()
         # The work folder is keyed by everything that determines the result, so a resumed run
@@ -226,14 +246,19 @@ def fine_tuned_encoder(
     # Which step's weights were published (0: no step beat the base model on the dev queries,
     # so these are the base weights), and why training stopped: in the manifest and the UI.
     training = {"best_step": result.best_step, "steps": len(losses), "stop_reason": result.stop_reason,
-                "device": result.device, "precision": result.precision, "model_card_hash": hash_file(card)}
+                "device": result.device, "precision": result.precision, "model_card_hash": hash_file(card),
+                "loss": tc.loss, "judge_used": judge["used"]}
+    # The dev signal of the last evaluation (paired MRR@10 gain over the base and its z), which
+    # the publication guard tested: recorded so ablations can check it against human judgments.
+    last_dev = result.dev_metrics[-1] if result.dev_metrics else {}
+    training.update({"dev_gain": last_dev.get("gain"), "dev_gain_z": last_dev.get("gain_z")})
     yield publish(
         context, store, ref, asset="fine_tuned_encoder", upstream={"training_examples": training_examples}, timing=t,
         rows=int(examples.height), config={**values, "resolved": dataclasses.asdict(tc)},
         models={"base_encoder": {"id": base.name, "weights_hash": base.weights_hash},
                 "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": ref.hash, "precision": result.precision}},
         seeds={"seed": tc.seed},
-        extra={"training": training, "model_card": card_facts},  # the card's facts: `retriever-forge model-card` re-renders it with scores
+        extra={"training": training, "model_card": card_facts, "judge": judge},  # the card's facts: `retriever-forge model-card` re-renders it with scores
         metadata={
             **training, "stopped_early": result.stopped_early,
             "final_loss": losses[-1] if losses else None, "training_table_hash": training_examples.hash,

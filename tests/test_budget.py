@@ -1,0 +1,55 @@
+"""Budget presets: what each sets, the precedence of run config / dataset overrides / preset, the plan."""
+
+import pytest
+
+from retriever_forge.assets.common import effective_config
+from retriever_forge.assets.generation import RelevanceJudgmentsConfig, SyntheticQueriesConfig
+from retriever_forge.assets.training import FineTuneConfig
+from retriever_forge.budget import BUDGETS, PRESETS, estimate_plan, plan_message, preset_values
+from retriever_forge.datasets import DatasetError, DatasetSpec, load_registry
+from retriever_forge.resources import BudgetResource
+
+CONFIGS = {"synthetic_queries": SyntheticQueriesConfig, "relevance_judgments": RelevanceJudgmentsConfig,
+           "fine_tuned_encoder": FineTuneConfig}  # fmt: skip
+
+
+def test_every_preset_sets_real_config_fields_and_grows_with_the_budget():
+    for budget in BUDGETS:
+        for asset, values in PRESETS[budget].items():
+            assert set(values) <= set(CONFIGS[asset].model_fields), (budget, asset)
+    sizes = [preset_values(b, "synthetic_queries")["documents_to_sample"] for b in BUDGETS]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 3
+    assert all(preset_values(b, "synthetic_queries")["queries_per_document"] == 3 for b in BUDGETS)  # every style used
+    with pytest.raises(ValueError, match="unknown budget 'huge'"):
+        preset_values("huge", "synthetic_queries")
+
+
+def test_run_config_beats_dataset_overrides_beat_the_preset_beats_defaults():
+    spec = DatasetSpec(name="x", extra={"overrides": {"synthetic_queries": {"queries_per_document": 2}}})
+    values = effective_config(SyntheticQueriesConfig(min_passage_words=5), spec, "synthetic_queries", budget="quick")
+    assert values["min_passage_words"] == 5  # run config
+    assert values["queries_per_document"] == 2  # dataset override
+    assert values["documents_to_sample"] == 400  # quick preset
+    assert values["round_trip_k"] == SyntheticQueriesConfig().round_trip_k  # asset default
+    assert values["budget"] == "quick"
+    assert "budget" not in effective_config(SyntheticQueriesConfig(), spec, "synthetic_queries")
+
+
+def test_budget_resource_falls_back_to_the_dataset_then_standard():
+    assert BudgetResource().for_dataset(DatasetSpec(name="x")) == "standard"
+    assert BudgetResource().for_dataset(DatasetSpec(name="x", budget="quick")) == "quick"
+    assert BudgetResource(preset="thorough").for_dataset(DatasetSpec(name="x", budget="quick")) == "thorough"
+    with pytest.raises(DatasetError, match="budget must be"):
+        DatasetSpec(name="x", budget="lavish")
+    assert load_registry()["demo"].budget == "quick"  # what `make demo` runs
+
+
+def test_plan_uses_every_passage_of_a_small_corpus_and_caps_a_large_one():
+    small = estimate_plan(eligible_passages=300, budget="standard")
+    assert small["passages"] == 300 and small["generations"] == 900 and small["calibration_pairs"] == 200
+    large = estimate_plan(eligible_passages=5000, budget="standard")
+    assert large["passages"] == 2000 and large["generations"] == 6000
+    # 6,000 generations at 8/s are 12.5 minutes: a 5,000-passage corpus stays within standard's 45.
+    assert 12.5 < large["estimated_minutes"] < 45 < large["estimated_minutes_if_judge_passes"] + 45
+    assert "2000 passages -> 6000 generated queries" in plan_message(large)
+    assert estimate_plan(10, "standard", documents_to_sample=None)["passages"] == 10
