@@ -28,6 +28,7 @@ default run's generations, so they cost mining, training and scoring only:
 * ``question-only`` — one query per passage (question style only; the pre-preset default);
 * ``half-passages`` — generation on half as many passages (800);
 * ``lr-1e-5`` — half the learning rate;
+* ``crop`` — one corpus-only pseudo-query per passage mixed in (a random 4-12 word span, Contriever-style);
 * ``judge-forced`` — the judge used even below its self-check threshold (judges every pair:
   not cheap with a slow judge).
 
@@ -60,6 +61,7 @@ VARIANTS: dict[str, list[str]] = {
     "half-passages": ["synthetic_queries.documents_to_sample=800"],
     "lr-1e-5": ["fine_tuned_encoder.learning_rate=1e-5"],
     "judge-forced": ["relevance_judgments.min_judge_auc=null"],
+    "crop": ["synthetic_queries.crop_queries_per_document=1"],
 }
 
 

@@ -132,7 +132,9 @@ def main() -> int:
     run_config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     run_config.setdefault("ops", {})
     if args.budget:
-        run_config.setdefault("resources", {}).setdefault("budget", {}).setdefault("config", {})["preset"] = args.budget
+        from retriever_forge.budget import with_budget
+
+        with_budget(run_config, args.budget)
     for item in args.set:
         key, _, value = item.partition("=")
         asset, _, field = key.partition(".")

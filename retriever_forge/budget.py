@@ -6,9 +6,9 @@ corpus is used whole), the queries per passage and their styles, how many pairs 
 epochs. Precedence, per config field: the run config set explicitly > the dataset's
 ``overrides`` in ``datasets.yaml`` > the budget preset > the asset's own default.
 
-The budget comes from the run config (``resources: {budget: {config: {preset: thorough}}}``,
-``retriever-forge run --budget``), else from the dataset's ``budget:`` in ``datasets.yaml`` (the
-demo uses ``quick``), else ``standard``.
+The budget is the ``budget`` config field of each asset it sizes (``retriever-forge run --budget``
+and ``bench/quality.py --budget`` set it on all of them, see :func:`with_budget`), else the
+dataset's ``budget:`` in ``datasets.yaml`` (the demo uses ``quick``), else ``standard``.
 
 Why these sizes: with the bundled SmolLM2-135M on the 2-core CPU here, one query per style
 (question, keywords, claim) for every passage with an abstract was the only recipe that gained
@@ -53,6 +53,19 @@ PRESETS: dict[str, dict[str, dict]] = {
 # all-MiniLM-L6-v2): the plan's time estimate. A faster backend only makes the run shorter.
 MEASURED_THROUGHPUT = {"generations_per_s": 8.0, "judgments_per_s": 8.0, "train_examples_per_s": 7.0, "passages_encoded_per_s": 30.0}
 KEPT_SHARE = 0.6  # share of generated queries the filters kept on cacm and msmarco-5k
+
+
+def with_budget(run_config: dict, budget: str) -> dict:
+    """``run_config`` with ``budget`` set on every asset a preset sizes (run config wins per asset).
+
+    >>> with_budget({}, "quick")["ops"]["fine_tuned_encoder"]
+    {'config': {'budget': 'quick'}}
+    """
+    check_budget(budget)
+    ops = run_config.setdefault("ops", {})
+    for asset in PRESETS[budget]:
+        ops.setdefault(asset, {}).setdefault("config", {}).setdefault("budget", budget)
+    return run_config
 
 
 def check_budget(budget: str) -> str:

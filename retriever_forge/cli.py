@@ -57,7 +57,9 @@ def cmd_run(args) -> int:
     if args.config:
         run_config = yaml.safe_load(Path(args.config).read_text()) or {}
     if args.budget:
-        run_config.setdefault("resources", {}).setdefault("budget", {}).setdefault("config", {})["preset"] = args.budget
+        from retriever_forge.budget import with_budget
+
+        with_budget(run_config, args.budget)
     job = defs.resolve_job_def(args.job)
     if args.dataset not in job.partitions_def.get_partition_keys():
         print(f"unknown dataset {args.dataset!r}; datasets file lists: {job.partitions_def.get_partition_keys()}", file=sys.stderr)

@@ -10,7 +10,6 @@ from retriever_forge.resources import (
     DEFAULT_HOME,
     ArtifactRefIOManager,
     ArtifactStoreResource,
-    BudgetResource,
     EncoderResource,
     LLMResource,
 )
@@ -24,6 +23,5 @@ defs = dg.Definitions(
         "artifact_io": ArtifactRefIOManager(root=DEFAULT_HOME),
         "llm": LLMResource(),
         "encoder": EncoderResource(),
-        "budget": BudgetResource(),
     },
 )

@@ -64,6 +64,10 @@ class QueryGenerationConfig:
     min_words: int = 2
     max_words: int = 32
     round_trip_k: int | None = 10  # None disables the round-trip filter
+    # Corpus-only pseudo-queries (no LLM): this many random spans per sampled passage, each a
+    # query whose positive is its passage (Contriever-style cropping; style "crop").
+    crop_queries_per_document: int = 0
+    crop_words: tuple[int, int] = (4, 12)
     dev_fraction: float = 0.1
     test_fraction: float = 0.0  # >0 only for corpora without human judgments
     seed: int = 0
@@ -215,9 +219,14 @@ def generate_synthetic_queries(
             outputs[i] = out
     rows, seen = [], set()
     sampling = params.cache_key()
+    for doc_id, passage, span in crop_spans(docs, config):
+        jobs.append((doc_id, passage, "crop", None))
+        outputs.append(span)
+    crop = {"id": "corpus/crop_v1", "hash": hash_text(f"crop:{config.crop_words}")}
     for i, ((doc_id, passage, style, _), out) in enumerate(zip(jobs, outputs, strict=True)):
-        text = clean_query(out.text)
-        reason = drop_reason(text, passage, config)
+        is_crop = style == "crop"
+        text = out if is_crop else clean_query(out.text)
+        reason = None if is_crop else drop_reason(text, passage, config)  # a crop is a copy by design
         key = normalise(text)
         if reason is None and key in seen:
             reason = "duplicate"
@@ -228,18 +237,47 @@ def generate_synthetic_queries(
                 "doc_id": doc_id,
                 "text": text,
                 "style": style,
-                "template_id": templates[style].id,
-                "template_hash": templates[style].hash,
-                "model_id": model.model_id,
-                "model_hash": model.weights_hash,
-                "sampling": sampling,
+                "template_id": crop["id"] if is_crop else templates[style].id,
+                "template_hash": crop["hash"] if is_crop else templates[style].hash,
+                "model_id": "corpus" if is_crop else model.model_id,
+                "model_hash": "0" * 64 if is_crop else model.weights_hash,
+                "sampling": "crop" if is_crop else sampling,
                 "seed": config.seed,
-                "raw_output": out.text,
+                "raw_output": out if is_crop else out.text,
                 "dropped_by": reason,
                 "split": _split_of(doc_id, config),
             }
         )
     return pl.DataFrame(rows, schema=schemas.SYNTHETIC_QUERIES)
+
+
+def crop_spans(docs: pl.DataFrame, config: QueryGenerationConfig) -> list[tuple[str, str, str]]:
+    """(doc_id, passage, span): ``crop_queries_per_document`` random word spans of each passage.
+
+    Contriever (Izacard et al. 2022) learns from two independent crops of one document; here one
+    crop is the query and the passage is its positive, so the signal needs no LLM at all. Spans
+    are ``crop_words`` long (fewer for short passages), drawn with the config's seed.
+
+    >>> docs = pl.DataFrame({"doc_id": ["a"], "title": [""], "text": ["one two three four five six seven eight"]})
+    >>> cfg = QueryGenerationConfig(crop_queries_per_document=2, crop_words=(3, 3))
+    >>> [len(span.split()) for _, _, span in crop_spans(docs, cfg)]
+    [3, 3]
+    >>> all(span in passage for _, passage, span in crop_spans(docs, cfg))
+    True
+    """
+    if config.crop_queries_per_document <= 0:
+        return []
+    rng = np.random.default_rng(config.seed)
+    lo, hi = config.crop_words
+    out = []
+    for doc in docs.iter_rows(named=True):
+        passage = passage_text(doc["title"], doc["text"])
+        words = passage.split()
+        for _ in range(config.crop_queries_per_document):
+            n = min(len(words), int(rng.integers(lo, hi + 1)))
+            start = int(rng.integers(0, len(words) - n + 1))
+            out.append((doc["doc_id"], passage, " ".join(words[start : start + n])))
+    return out
 
 
 def round_trip_filter(

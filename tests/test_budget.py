@@ -5,9 +5,8 @@ import pytest
 from retriever_forge.assets.common import effective_config
 from retriever_forge.assets.generation import RelevanceJudgmentsConfig, SyntheticQueriesConfig
 from retriever_forge.assets.training import FineTuneConfig
-from retriever_forge.budget import BUDGETS, PRESETS, estimate_plan, plan_message, preset_values
+from retriever_forge.budget import BUDGETS, PRESETS, estimate_plan, plan_message, preset_values, with_budget
 from retriever_forge.datasets import DatasetError, DatasetSpec, load_registry
-from retriever_forge.resources import BudgetResource
 
 CONFIGS = {"synthetic_queries": SyntheticQueriesConfig, "relevance_judgments": RelevanceJudgmentsConfig,
            "fine_tuned_encoder": FineTuneConfig}  # fmt: skip
@@ -26,19 +25,26 @@ def test_every_preset_sets_real_config_fields_and_grows_with_the_budget():
 
 def test_run_config_beats_dataset_overrides_beat_the_preset_beats_defaults():
     spec = DatasetSpec(name="x", extra={"overrides": {"synthetic_queries": {"queries_per_document": 2}}})
-    values = effective_config(SyntheticQueriesConfig(min_passage_words=5), spec, "synthetic_queries", budget="quick")
+    values = effective_config(SyntheticQueriesConfig(min_passage_words=5, budget="quick"), spec, "synthetic_queries")
     assert values["min_passage_words"] == 5  # run config
     assert values["queries_per_document"] == 2  # dataset override
     assert values["documents_to_sample"] == 400  # quick preset
     assert values["round_trip_k"] == SyntheticQueriesConfig().round_trip_k  # asset default
     assert values["budget"] == "quick"
-    assert "budget" not in effective_config(SyntheticQueriesConfig(), spec, "synthetic_queries")
+    assert effective_config(SyntheticQueriesConfig(), spec, "synthetic_queries")["documents_to_sample"] == 2000  # standard
 
 
-def test_budget_resource_falls_back_to_the_dataset_then_standard():
-    assert BudgetResource().for_dataset(DatasetSpec(name="x")) == "standard"
-    assert BudgetResource().for_dataset(DatasetSpec(name="x", budget="quick")) == "quick"
-    assert BudgetResource(preset="thorough").for_dataset(DatasetSpec(name="x", budget="quick")) == "thorough"
+def test_budget_falls_back_to_the_dataset_then_standard():
+    def budget(config, spec):
+        return effective_config(config, spec, "fine_tuned_encoder")["budget"]
+
+    assert budget(FineTuneConfig(), DatasetSpec(name="x")) == "standard"
+    assert budget(FineTuneConfig(), DatasetSpec(name="x", budget="quick")) == "quick"
+    assert budget(FineTuneConfig(budget="thorough"), DatasetSpec(name="x", budget="quick")) == "thorough"
+    config = with_budget({"ops": {"synthetic_queries": {"config": {"budget": "quick"}}}}, "thorough")
+    assert config["ops"]["synthetic_queries"]["config"]["budget"] == "quick"  # set explicitly: kept
+    assert {a: c["config"]["budget"] for a, c in config["ops"].items() if a != "synthetic_queries"} == {
+        "relevance_judgments": "thorough", "fine_tuned_encoder": "thorough"}
     with pytest.raises(DatasetError, match="budget must be"):
         DatasetSpec(name="x", budget="lavish")
     assert load_registry()["demo"].budget == "quick"  # what `make demo` runs

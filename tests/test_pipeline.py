@@ -10,7 +10,7 @@ from retriever_forge.artifacts import ArtifactRef, ArtifactStore
 from retriever_forge.assets import ALL_ASSETS
 from retriever_forge.prompts import PROMPTS_DIR
 from retriever_forge.provenance import trace, verify
-from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, BudgetResource, EncoderResource, LLMResource
+from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, EncoderResource, LLMResource
 
 TINY_RUN = {
     "ops": {
@@ -28,7 +28,6 @@ def _resources(home):
         "artifact_io": ArtifactRefIOManager(root=str(home)),
         "llm": LLMResource(batch_size=8),
         "encoder": EncoderResource(batch_size=32),
-        "budget": BudgetResource(),
     }
 
 

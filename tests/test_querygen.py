@@ -4,6 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from retriever_forge.datasets import passage_text
 from retriever_forge.querygen import (
     QueryGenerationConfig,
     clean_query,
@@ -94,3 +95,19 @@ def test_prompt_edit_changes_template_hash_but_comment_edit_does_not(tmp_path):
     (tmp_path / "edited.txt").write_text(src.replace("Example 1:", "Example one:"))
     assert load_template(str(tmp_path / "comment.txt")).hash == base.hash
     assert load_template(str(tmp_path / "edited.txt")).hash != base.hash
+
+
+def test_crop_queries_are_spans_of_their_passage_split_with_it():
+    cfg = QueryGenerationConfig(documents_to_sample=None, queries_per_document=1, crop_queries_per_document=2, crop_words=(3, 5))
+    q = generate_synthetic_queries(CORPUS, None, cfg, completion_llm=ScriptedLLM(answers=lambda p: "an llm query " + p[-12:]))
+    crops = q.filter(pl.col("style") == "crop")
+    # Copies by design: never dropped as copies (only a repeated span, as a duplicate).
+    assert crops.height == 2 * CORPUS.height and set(crops["dropped_by"].drop_nulls()) <= {"duplicate"}
+    passages = {d: passage_text(t, x) for d, t, x in CORPUS.select("doc_id", "title", "text").iter_rows()}
+    assert all(span in passages[d] for d, span in crops.select("doc_id", "text").iter_rows())
+    assert all(3 <= len(t.split()) <= 5 for t in crops["text"])
+    split = dict(q.filter(pl.col("style") != "crop").select("doc_id", "split").iter_rows())
+    assert all(split[d] == s for d, s in crops.select("doc_id", "split").iter_rows())  # never straddles splits
+    assert set(crops["model_id"]) == {"corpus"}
+    off = generate_synthetic_queries(CORPUS, None, QueryGenerationConfig(documents_to_sample=None), completion_llm=ScriptedLLM())
+    assert "crop" not in set(off["style"])

@@ -27,15 +27,19 @@ def dataset_spec(context: dg.AssetExecutionContext) -> DatasetSpec:
     return registry[name]
 
 
-def effective_config(config: dg.Config, spec: DatasetSpec, asset: str, budget: str | None = None) -> dict:
+def effective_config(config: dg.Config, spec: DatasetSpec, asset: str) -> dict:
     """Config values: run config set explicitly > the dataset's overrides in datasets.yaml >
-    the ``budget`` preset (:mod:`retriever_forge.budget`) > defaults. With a budget, its name is
-    recorded as ``values["budget"]``."""
-    values = config.model_dump()
-    if budget is not None:
-        from retriever_forge.budget import preset_values
+    the budget preset (:mod:`retriever_forge.budget`) > defaults.
 
-        for key, value in preset_values(budget, asset).items():
+    Assets a budget sizes have a ``budget`` config field; unset, it is the dataset's ``budget:``
+    in datasets.yaml, else ``standard``. The resolved name is recorded as ``values["budget"]``.
+    """
+    values = config.model_dump()
+    if "budget" in values:
+        from retriever_forge.budget import DEFAULT_BUDGET, check_budget, preset_values
+
+        values["budget"] = check_budget(values["budget"] or spec.budget or DEFAULT_BUDGET)
+        for key, value in preset_values(values["budget"], asset).items():
             if key in values and key not in config.model_fields_set:
                 values[key] = value
     overrides = (spec.extra or {}).get("overrides", {}).get(asset, {})
@@ -44,8 +48,6 @@ def effective_config(config: dg.Config, spec: DatasetSpec, asset: str, budget: s
             raise dg.Failure(f"datasets file: dataset {spec.name!r}: {asset}.{key} is not a config field of {asset}")
         if key not in config.model_fields_set:
             values[key] = value
-    if budget is not None:
-        values["budget"] = budget
     return values
 
 

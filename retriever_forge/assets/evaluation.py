@@ -72,7 +72,8 @@ def synthetic_eval_set(queries: pl.DataFrame, judgments: pl.DataFrame) -> tuple[
     did not grade it, e.g. a judge that failed its self-check); retrieved candidates count when
     the judge graded them 2 or 3.
     """
-    test = queries.filter(pl.col("dropped_by").is_null() & (pl.col("split") == "test"))
+    # LLM queries only: a corpus crop (style "crop") is a copy of its passage, no test of retrieval.
+    test = queries.filter(pl.col("dropped_by").is_null() & (pl.col("split") == "test") & (pl.col("style") != "crop"))
     j = steering_judgments(judgments).filter(pl.col("query_id").is_in(test["query_id"].implode()))
     source_grade = j.filter(pl.col("pair_type") == "source").select("query_id", "doc_id", "grade").unique(["query_id", "doc_id"])
     sources = test.select("query_id", "doc_id").join(source_grade, on=["query_id", "doc_id"], how="left")

@@ -39,11 +39,14 @@ from retriever_forge.querygen import (
     round_trip_filter,
     style_templates,
 )
-from retriever_forge.resources import ArtifactStoreResource, BudgetResource, EncoderResource, LLMResource
+from retriever_forge.resources import ArtifactStoreResource, EncoderResource, LLMResource
 from retriever_forge.search import exact_search
 
 
 class SyntheticQueriesConfig(dg.Config):
+    budget: str | None = Field(
+        default=None, description="Budget preset quick | standard | thorough (null: the dataset's budget, else standard)."
+    )
     documents_to_sample: int | None = Field(default=200, description="Passages to write queries for (null: all).")
     min_passage_words: int = Field(default=0, description="Passages shorter than this (title included) get no queries.")
     queries_per_document: int = Field(default=1, description="Queries per passage; styles are used round-robin.")
@@ -53,6 +56,9 @@ class SyntheticQueriesConfig(dg.Config):
     temperature: float = Field(default=0.0, description="0: greedy decoding.")
     max_new_tokens: int = 32
     round_trip_k: int | None = Field(default=10, description="Promptagator round-trip filter depth (null: off).")
+    crop_queries_per_document: int = Field(
+        default=0, description="Corpus-only pseudo-queries: random word spans per passage, positive = the passage (Contriever-style; 0: off)."
+    )
     dev_fraction: float = Field(default=0.1, description="Share of passages whose queries form the dev split.")
     synthetic_test_fraction: float = Field(
         default=0.2, description="Datasets without human judgments: share of passages held out for the synthetic benchmark."
@@ -62,6 +68,9 @@ class SyntheticQueriesConfig(dg.Config):
 
 
 class RelevanceJudgmentsConfig(dg.Config):
+    budget: str | None = Field(
+        default=None, description="Budget preset quick | standard | thorough (null: the dataset's budget, else standard)."
+    )
     template: str = Field(default="judge/umbrela_v1", description="Judge prompt template id or .txt path.")
     candidates_per_query: int = Field(default=8, description="Base-retriever candidates judged per query.")
     candidate_rank_start: int = Field(default=1, description="1-based rank of the first candidate judged.")
@@ -98,12 +107,11 @@ def synthetic_queries(
     artifact_store: ArtifactStoreResource,
     llm: LLMResource,
     encoder: EncoderResource,
-    budget: BudgetResource,
 ):
     """LLM-written queries for sampled passages (InPars/Promptagator), with every filter decision kept."""
     spec = dataset_spec(context)
-    preset = budget.for_dataset(spec)
-    values = effective_config(config, spec, "synthetic_queries", budget=preset)
+    values = effective_config(config, spec, "synthetic_queries")
+    preset = values["budget"]
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     has_human_judgments = store.read_table(eval_qrels).height > 0
@@ -117,6 +125,7 @@ def synthetic_queries(
         temperature=values["temperature"],
         max_new_tokens=values["max_new_tokens"],
         round_trip_k=values["round_trip_k"],
+        crop_queries_per_document=values["crop_queries_per_document"],
         dev_fraction=values["dev_fraction"],
         test_fraction=0.0 if has_human_judgments else values["synthetic_test_fraction"],
         seed=values["seed"],
@@ -124,7 +133,7 @@ def synthetic_queries(
     # The plan, before any LLM call: what this run will generate and judge, and how long that
     # takes at the throughput measured here (the judging part depends on the judge's self-check).
     eligible, min_words = eligible_passages(corpus_df, qg.min_passage_words)
-    judging = effective_config(RelevanceJudgmentsConfig(), spec, "relevance_judgments", budget=preset)
+    judging = effective_config(RelevanceJudgmentsConfig(budget=preset), spec, "relevance_judgments")
     plan = estimate_plan(
         eligible.height, preset, corpus_passages=corpus_df.height, documents_to_sample=qg.documents_to_sample,
         queries_per_document=qg.queries_per_document, calibration_queries=judging["calibration_queries"],
@@ -220,7 +229,6 @@ def relevance_judgments(
     artifact_store: ArtifactStoreResource,
     llm: LLMResource,
     encoder: EncoderResource,
-    budget: BudgetResource,
 ):
     """UMBRELA 0–3 grades by constrained choice, for each query's source and its top candidates.
 
@@ -229,7 +237,7 @@ def relevance_judgments(
     are noise, so the rest is not judged and the judge filter and graded loss are off downstream.
     """
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "relevance_judgments", budget=budget.for_dataset(spec))
+    values = effective_config(config, spec, "relevance_judgments")
     cfg = JudgingConfig(template=values["template"], candidates_per_query=values["candidates_per_query"],
                         candidate_rank_start=values["candidate_rank_start"], calibration_queries=values["calibration_queries"],
                         min_auc=values["min_judge_auc"], seed=values["seed"])  # fmt: skip

@@ -26,7 +26,7 @@ from retriever_forge.hashing import hash_file, hash_json
 from retriever_forge.judging import steering_judgments
 from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
 from retriever_forge.model_card import training_card_facts, write_model_card
-from retriever_forge.resources import ArtifactStoreResource, BudgetResource, EncoderResource
+from retriever_forge.resources import ArtifactStoreResource, EncoderResource
 from retriever_forge.training import TrainingConfig, train_encoder
 
 _MINING_DEFAULTS = MiningConfig()
@@ -63,6 +63,9 @@ class TrainingExamplesConfig(dg.Config):
 
 
 class FineTuneConfig(dg.Config):
+    budget: str | None = Field(
+        default=None, description="Budget preset quick | standard | thorough (null: the dataset's budget, else standard)."
+    )
     epochs: int = _TRAINING_DEFAULTS.epochs
     learning_rate: float = _TRAINING_DEFAULTS.learning_rate
     batch_size: int = _TRAINING_DEFAULTS.batch_size
@@ -215,11 +218,10 @@ def fine_tuned_encoder(
     training_examples: ArtifactRef,
     artifact_store: ArtifactStoreResource,
     encoder: EncoderResource,
-    budget: BudgetResource,
 ):
     """The base encoder fine-tuned on the training examples; a sentence-transformers folder (safetensors)."""
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "fine_tuned_encoder", budget=budget.for_dataset(spec))
+    values = effective_config(config, spec, "fine_tuned_encoder")
     store = artifact_store.get_store()
     examples = store.read_table(training_examples)
     # A judge that failed its self-check must not steer the loss: its grades would be noise.

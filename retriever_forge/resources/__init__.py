@@ -47,20 +47,6 @@ class ArtifactStoreResource(dg.ConfigurableResource):
         return path
 
 
-class BudgetResource(dg.ConfigurableResource):
-    """The run's budget preset (``quick | standard | thorough``, see :mod:`retriever_forge.budget`).
-
-    Unset: the dataset's ``budget:`` in datasets.yaml, else ``standard``.
-    """
-
-    preset: str | None = Field(default=None, description="quick | standard | thorough (null: the dataset's, else standard).")
-
-    def for_dataset(self, spec) -> str:
-        from retriever_forge.budget import DEFAULT_BUDGET, check_budget
-
-        return check_budget(self.preset or spec.budget or DEFAULT_BUDGET)
-
-
 class LLMResource(dg.ConfigurableResource):
     """The generator and judge LLM, behind one interface with interchangeable backends.
 

@@ -28,7 +28,7 @@ def _materialize_queries(home: Path, server_url: str, max_unparseable_share: flo
     """corpus + synthetic_queries on the demo partition, generating through the OpenAI backend."""
     from retriever_forge.assets.data import corpus
     from retriever_forge.assets.generation import synthetic_queries
-    from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, BudgetResource, EncoderResource, LLMResource
+    from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, EncoderResource, LLMResource
 
     config = {"documents_to_sample": 16, "round_trip_k": None, "max_unparseable_share": max_unparseable_share}
     return dg.materialize(
@@ -39,8 +39,7 @@ def _materialize_queries(home: Path, server_url: str, max_unparseable_share: flo
             "artifact_io": ArtifactRefIOManager(root=str(home)),
             "llm": LLMResource(backend="openai", base_url=server_url + "/v1", model=SERVED_MODEL, max_concurrency=2),
             "encoder": EncoderResource(),
-            "budget": BudgetResource(),
-        },
+            },
     )  # fmt: skip
 
 
