@@ -320,6 +320,7 @@ tr.changed td{background:#fff6d6}.tag{display:inline-block;padding:0 6px;border-
 pre{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:6px;padding:10px;white-space:pre-wrap;word-break:break-word;max-height:360px;overflow:auto;font-size:12.5px}
 details summary{cursor:pointer;color:#2b5fab}.graph{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:8px;overflow-x:auto}
 ul.tree{list-style:none;padding-left:18px;margin:4px 0}ul.tree li{margin:2px 0}ul.tree>li{padding-left:0}
+td code{word-break:break-word}.graph svg{display:block;margin:0 auto}
 .counts span{display:inline-block;background:#eef1f5;border-radius:4px;padding:1px 7px;margin:2px 4px 2px 0;font-size:12.5px}
 """
 
@@ -333,44 +334,59 @@ def _verified_mark(check: dict) -> str:
 
 
 def lineage_svg(artifacts: list[dict], target_hash: str) -> str:
-    """The lineage as an inline SVG: one column per layer (corpus left), edges as curves."""
-    box_w, box_h, col_w, row_h, pad = 168, 58, 205, 78, 16
-    columns: dict[int, list[dict]] = {}
+    """The lineage as an inline SVG, top to bottom: one row per layer (the corpus first).
+
+    Edges between adjacent rows are short curves; an edge that skips rows runs down its own lane
+    to the right of the nodes, so no edge crosses a box.
+    """
+    box_w, box_h, col_w, row_h, pad, lane = 200, 54, 222, 84, 14, 13
+    rows: dict[int, list[dict]] = {}
     for a in artifacts:
-        columns.setdefault(a["layer"], []).append(a)
+        rows.setdefault(a["layer"], []).append(a)
     pos = {}
-    for layer, items in columns.items():
+    for layer, items in rows.items():
         for i, a in enumerate(sorted(items, key=lambda a: a["asset"] or "")):
-            pos[a["hash"]] = (pad + layer * col_w, pad + i * row_h)
-    width = pad * 2 + (max(columns) * col_w if columns else 0) + box_w
-    height = pad * 2 + (max(len(v) for v in columns.values()) - 1) * row_h + box_h if columns else 100
+            pos[a["hash"]] = (pad + i * col_w, pad + layer * row_h)
+    by_hash = {a["hash"]: a for a in artifacts}
+    long_edges = [(u, a["hash"]) for a in artifacts for u in a["upstream"].values()
+                  if u in pos and by_hash[u]["layer"] < a["layer"] - 1]  # fmt: skip
+    nodes_right = pad + (max(len(v) for v in rows.values()) - 1) * col_w + box_w if rows else 100
+    width = nodes_right + pad + lane * (len(long_edges) + 1)
+    height = pad * 2 + (max(rows) if rows else 0) * row_h + box_h
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-             f'role="img" aria-label="lineage graph" style="max-width:100%;height:auto">',
+             'role="img" aria-label="lineage graph" style="max-width:100%;height:auto" font-family="system-ui,sans-serif">',
              '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
              '<path d="M0,0 L10,5 L0,10 z" fill="#8a94a3"/></marker></defs>']  # fmt: skip
+    edge = 'fill="none" stroke="#a6afbb" stroke-width="1.4" marker-end="url(#arrow)"'
+    lane_of = {e: k for k, e in enumerate(long_edges)}
     for a in artifacts:
         x2, y2 = pos[a["hash"]]
         for up in a["upstream"].values():
             if up not in pos:
                 continue
             x1, y1 = pos[up]
-            sx, sy, ex, ey = x1 + box_w, y1 + box_h / 2, x2, y2 + box_h / 2
-            mid = (sx + ex) / 2
-            parts.append(f'<path d="M{sx},{sy} C{mid},{sy} {mid},{ey} {ex - 2},{ey}" fill="none" stroke="#a6afbb" '
-                         f'stroke-width="1.4" marker-end="url(#arrow)"/>')  # fmt: skip
+            if (up, a["hash"]) in lane_of:
+                lx = nodes_right + pad + lane * (lane_of[(up, a["hash"])] + 1)
+                sy, ey = y1 + box_h / 2, y2 + box_h / 2
+                parts.append(f'<path d="M{x1 + box_w},{sy} H{lx - 6} Q{lx},{sy} {lx},{sy + 6} V{ey - 6} Q{lx},{ey} {lx - 6},{ey} '
+                             f'H{x2 + box_w + 2}" {edge}/>')  # fmt: skip
+            else:
+                sx, sy, ex, ey = x1 + box_w / 2, y1 + box_h, x2 + box_w / 2, y2
+                mid = (sy + ey) / 2
+                parts.append(f'<path d="M{sx},{sy} C{sx},{mid} {ex},{mid} {ex},{ey - 2}" {edge}/>')
     for a in artifacts:
         x, y = pos[a["hash"]]
         ok = a["verified"]["ok"]
         fill, stroke = ("#e9f6ed", "#3a9a5b") if ok else ("#fde3e3", "#c62828")
         width_px = 3 if a["hash"] == target_hash else 1.5
-        mark = "✔" if ok else "✘ MISMATCH"
-        rows = "" if a["rows"] is None else f' · {a["rows"]} rows'
+        mark = "✔ verified" if ok else "✘ HASH MISMATCH"
+        rows_text = "" if a["rows"] is None else f' · {a["rows"]} rows'
         parts.append(
             f'<a href="#a-{a["hash"][:16]}"><g><title>{_e(a["asset"])} {a["hash"]}</title>'
             f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="7" fill="{fill}" stroke="{stroke}" stroke-width="{width_px}"/>'
-            f'<text x="{x + 9}" y="{y + 19}" font-size="13" font-weight="600" fill="#1d232a">{_e(a["asset"])}</text>'
-            f'<text x="{x + 9}" y="{y + 35}" font-size="11" fill="#5b6573" font-family="monospace">{a["hash"][:12]}{_e(rows)}</text>'
-            f'<text x="{x + 9}" y="{y + 50}" font-size="11" font-weight="600" fill="{stroke}">{mark}</text></g></a>'
+            f'<text x="{x + 10}" y="{y + 19}" font-size="14" font-weight="600" fill="#1d232a">{_e(a["asset"])}</text>'
+            f'<text x="{x + 10}" y="{y + 35}" font-size="11.5" fill="#5b6573" font-family="monospace">{a["hash"][:12]}{_e(rows_text)}</text>'
+            f'<text x="{x + 10}" y="{y + 49}" font-size="11.5" font-weight="600" fill="{stroke}">{mark}</text></g></a>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -467,8 +483,8 @@ def _artifact_html(a: dict) -> str:
 def _check_row(c: dict) -> dict:
     passed = c.get("passed")
     status = "passed" if passed else ("WARNING" if str(c.get("severity")) == "WARN" else "FAILED")
-    return {"status": status, "asset": c.get("asset"), "check": c.get("check_name"), "run": (c.get("run_id") or "")[:8],
-            "metadata": c.get("metadata") or {}}  # fmt: skip
+    metadata = {k: (_snippet(v, 160) if isinstance(v, str) else v) for k, v in (c.get("metadata") or {}).items()}
+    return {"status": status, "asset": c.get("asset"), "check": c.get("check_name"), "run": (c.get("run_id") or "")[:8], "metadata": metadata}
 
 
 def audit_html(report: dict) -> str:
@@ -489,7 +505,8 @@ def audit_html(report: dict) -> str:
         f"<p class='sub'>artifact <code>{t['hash']}</code> · store <code>{_e(report['store'])}</code></p>",
         banner,
         "<h2>Lineage</h2><div class='graph'>", lineage_svg(arts, t["hash"]), "</div>",
-        "<details open><summary>As a tree</summary>", _tree_html(arts, t["hash"]), "</details>",
+        f"<details><summary>As a tree ({len(arts)} artifacts; an artifact used twice is listed once, then “see above”)</summary>",
+        _tree_html(arts, t["hash"]), "</details>",
     ]
     if report["scoreboard"]:
         parts += ["<h2>Scoreboard</h2>", _table(report["scoreboard"])]

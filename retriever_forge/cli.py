@@ -10,6 +10,7 @@ Examples::
     retriever-forge verify
     retriever-forge audit benchmark_scores demo --out audit.html
     retriever-forge diff 3f9a1c 77b2e0          # why two artifacts of one asset differ
+    retriever-forge lineage export benchmark_scores demo --format openlineage --out events.jsonl
 """
 
 from __future__ import annotations
@@ -172,6 +173,37 @@ def cmd_diff(args) -> int:
     return 0
 
 
+def cmd_lineage_export(args) -> int:
+    """OpenLineage START/COMPLETE events of stored artifacts (a target's lineage, or the whole store), as JSON lines."""
+    from retriever_forge.assets.run_records import asset_check_results, instance_from_env
+    from retriever_forge.audit import lineage_graph, topological
+    from retriever_forge.openlineage_events import artifact_events, event_json
+
+    store = _store(args)
+    try:
+        if args.target:
+            graph = lineage_graph(store, _resolve_target(_home(args), args.target))
+            items = [(graph[h]["ref"], graph[h]["manifest"]) for h in topological(graph)]
+        else:
+            items = sorted(store.iter_refs(), key=lambda rm: (rm[1].get("finished_at") or "", rm[1].get("asset") or ""))
+    except KeyError as e:
+        print(f"lineage export: {e.args[0]}", file=sys.stderr)
+        return 2
+    instance, note = instance_from_env()
+    checks = asset_check_results(instance, {m.get("run_id") for _, m in items}) if instance is not None else []
+    lines = []
+    for ref, manifest in items:
+        mine = [c for c in checks if c["asset"] == manifest.get("asset") and c["run_id"] == manifest.get("run_id")]
+        lines += [event_json(e) for e in artifact_events(store, ref, manifest, mine)]
+    text = "".join(line + "\n" for line in lines)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{len(lines)} OpenLineage events of {len(items)} artifacts: {args.out} ({note})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retriever-forge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     di.add_argument("--json", action="store_true")
     di.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
     di.set_defaults(func=cmd_diff)
+    li = sub.add_parser("lineage", help="lineage of stored artifacts for other tools")
+    li_sub = li.add_subparsers(dest="lineage_command", required=True)
+    ex = li_sub.add_parser("export", help="OpenLineage RunEvents (START/COMPLETE) of stored artifacts as JSON lines")
+    ex.add_argument("target", nargs="*", help="artifact hash (prefix), or asset key [partition]; default: every artifact")
+    ex.add_argument("--format", choices=["openlineage"], default="openlineage")
+    ex.add_argument("--out", help="write the JSON lines here (default: stdout)")
+    ex.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
+    ex.set_defaults(func=cmd_lineage_export)
     args = parser.parse_args(argv)
     return args.func(args)
 

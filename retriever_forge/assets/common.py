@@ -70,9 +70,17 @@ def markdown_table(df: pl.DataFrame, max_rows: int = 10, max_chars: int = 120) -
 
 
 @contextmanager
-def timed():
-    """Yields a dict that receives ``started_at`` now and ``seconds`` on exit."""
+def timed(context: dg.AssetExecutionContext | None = None):
+    """Yields a dict that receives ``started_at`` now and ``seconds`` on exit.
+
+    Given the asset's context (the timing of its whole work), it also emits the OpenLineage START
+    of each asset the step materializes, when an OpenLineage transport is configured.
+    """
     box = {"started_at": now(), "t0": time.perf_counter()}
+    if context is not None:
+        from retriever_forge.assets.lineage_hooks import emit_start
+
+        emit_start(context)
     try:
         yield box
     finally:

@@ -36,7 +36,7 @@ def corpus(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResou
     """Load the partition's dataset (BEIR folder, files, ir_datasets id or the offline demo)."""
     spec = dataset_spec(context)
     store = artifact_store.get_store()
-    with timed() as t:
+    with timed(context) as t:
         try:
             ds = load_dataset(spec)
         except DatasetError as e:

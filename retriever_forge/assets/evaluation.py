@@ -50,7 +50,7 @@ def corpus_index(
     values = effective_config(config, dataset_spec(context), "corpus_index")
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
-    with timed() as t:
+    with timed(context) as t:
         tuned = encoder.load(str(store.local_path(fine_tuned_encoder)))
         emb = _corpus_embeddings(tuned, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
         with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +132,7 @@ def benchmark_scores(
     qrels_by_query = qrels_dict(qrels)
     query_ids, query_texts = queries["query_id"].to_list(), queries["text"].to_list()
     doc_ids = corpus_df["doc_id"].to_list()
-    with timed() as t:
+    with timed(context) as t:
         runs, seconds = {}, {}
         with timed() as ts:
             runs["bm25"] = bm25_run(corpus_df, queries, k=values["depth"])

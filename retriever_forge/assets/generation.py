@@ -141,7 +141,7 @@ def synthetic_queries(
     )  # fmt: skip
     plan["min_passage_words"] = min_words
     context.log.info(plan_message(plan) + (f"; passages need {min_words}+ words" if min_words else ""))
-    with timed() as t:
+    with timed(context) as t:
         generator = llm.build(artifact_store.scratch("llm-cache"), chat=True, progress=log_progress(context))
         completer = llm.build(artifact_store.scratch("llm-cache"), chat=False, progress=log_progress(context))
         queries = generate_synthetic_queries(corpus_df, generator, qg, progress=log_progress(context), completion_llm=completer)
@@ -245,7 +245,7 @@ def relevance_judgments(
     corpus_df = store.read_table(corpus)
     queries = store.read_table(synthetic_queries).filter(pl.col("dropped_by").is_null())
     progress = log_progress(context)
-    with timed() as t:
+    with timed(context) as t:
         judge = llm.build(artifact_store.scratch("llm-cache"), chat=True, progress=progress)
         if cfg.calibration_queries > 0:
             pool = queries.filter(pl.col("split").is_in(["train", "dev"]))

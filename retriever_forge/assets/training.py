@@ -120,7 +120,7 @@ def hard_negatives(
     judgments = steering_judgments(store.read_table(relevance_judgments))
     mining = MiningConfig(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(MiningConfig)}})
     mining.use_guide = values["guide_model"] is not None
-    with timed() as t:
+    with timed(context) as t:
         enc = encoder.load()
         corpus_emb = _corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
         query_emb = encode_cached(enc, queries["text"].to_list(), None, batch_size=encoder.batch_size)
@@ -175,7 +175,7 @@ def training_examples(
     """(query, positive, negatives, grades) rows, each keeping mining ranks and scores."""
     values = effective_config(config, dataset_spec(context), "training_examples")
     store = artifact_store.get_store()
-    with timed() as t:
+    with timed(context) as t:
         queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
         examples = build_training_examples(
             queries, store.read_table(corpus), store.read_table(hard_negatives), steering_judgments(store.read_table(relevance_judgments)),
@@ -231,7 +231,7 @@ def fine_tuned_encoder(
         context.log.warning(f"judge not used (self-check ROC AUC {judge['auc']}): loss {trained['loss']!r} -> 'infonce'")
         trained["loss"] = "infonce"
     tc = dataclasses.replace(TrainingConfig(), **trained)
-    with timed() as t:
+    with timed(context) as t:
         base = encoder.load()
         # The work folder is keyed by everything that determines the result, so a resumed run
         # continues from its own checkpoints and never from another configuration's.
