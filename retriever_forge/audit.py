@@ -105,11 +105,15 @@ def config_rows(config: dict, defaults: dict | None) -> list[dict]:
 
     >>> config_rows({"depth": 50, "x": 1}, {"depth": 100, "x": 1})
     [{'key': 'depth', 'value': 50, 'default': 100, 'changed': True}, {'key': 'x', 'value': 1, 'default': 1, 'changed': False}]
+    >>> config_rows({"templates": {"question": "q.txt"}}, {"templates": {}})[0]["changed"]
+    True
     """
     flat, flat_defaults = flatten(config), flatten(defaults or {})
     rows = []
     for key in sorted(flat):
-        known = key in flat_defaults
+        # A key under a default that is an empty mapping (templates: {}) is a change from "unset".
+        parents = [key.rsplit(".", i)[0] for i in range(1, key.count(".") + 1)]
+        known = key in flat_defaults or any(p in flat_defaults for p in parents)
         default = flat_defaults.get(key)
         rows.append({"key": key, "value": flat[key], "default": default if known else None,
                      "changed": known and _canon(flat[key]) != _canon(default)})  # fmt: skip

@@ -11,6 +11,7 @@ Examples::
     retriever-forge audit benchmark_scores demo --out audit.html
     retriever-forge diff 3f9a1c 77b2e0          # why two artifacts of one asset differ
     retriever-forge lineage export benchmark_scores demo --format openlineage --out events.jsonl
+    retriever-forge model-card benchmark_scores demo --out model/   # the model, its card with the scoreboard
 """
 
 from __future__ import annotations
@@ -120,6 +121,52 @@ def cmd_verify(args) -> int:
     return 1 if bad else 0
 
 
+def _scoreboard_rows(home: str, scores_hash: str) -> list[dict] | None:
+    """The published scoreboard file's rows for this benchmark artifact (extra fields such as significance)."""
+    board = Path(home) / "scoreboards"
+    for f in sorted(board.glob("*.json")) if board.is_dir() else []:
+        data = json.loads(f.read_text())
+        if data.get("artifact_hash") == scores_hash:
+            return data.get("systems")
+    return None
+
+
+def cmd_model_card(args) -> int:
+    """Copy a benchmarked fine-tuned model to a folder whose card includes its scoreboard."""
+    import shutil
+
+    from retriever_forge.audit import scoreboard
+    from retriever_forge.model_card import write_model_card
+    from retriever_forge.provenance import resolve
+
+    store, home = _store(args), _home(args)
+    try:
+        scores_ref, scores = resolve(store, _resolve_target(home, args.target))
+        if scores.get("asset") != "benchmark_scores":
+            raise KeyError(f"{args.target}: a benchmark_scores artifact is needed (it names the model it scored), not {scores.get('asset')}")
+        model_ref, model = resolve(store, scores["upstream"]["fine_tuned_encoder"]["hash"])
+    except KeyError as e:
+        print(f"model-card: {e.args[0]}", file=sys.stderr)
+        return 2
+    facts = (model.get("extra") or {}).get("model_card")
+    if not facts:
+        print(f"model-card: the model {model_ref.hash[:16]} was published before model cards were recorded", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        print(f"model-card: {out} exists and is not empty", file=sys.stderr)
+        return 2
+    shutil.copytree(store.local_path(model_ref), out, dirs_exist_ok=True)
+    rows = scoreboard(store, scores_ref, _scoreboard_rows(home, scores_ref.hash))
+    judged = (rows or [{}])[0].get("judgments")
+    lineage = dict(facts.get("lineage") or {})
+    lineage["artifacts"] = {**(lineage.get("artifacts") or {}), "fine_tuned_encoder": {"hash": model_ref.hash},
+                            "benchmark_scores": {"hash": scores_ref.hash}}  # fmt: skip
+    write_model_card(out, {**facts, "scoreboard": rows, "scoreboard_judgments": judged, "lineage": lineage})
+    print(f"model with its card and scoreboard: {out.resolve()}")
+    return 0
+
+
 def cmd_audit(args) -> int:
     """The audit report of one artifact; exit 1 when any artifact in its lineage fails verification."""
     from retriever_forge.assets.run_records import asset_check_results, config_defaults, instance_from_env
@@ -138,13 +185,8 @@ def cmd_audit(args) -> int:
         checks = asset_check_results(instance, run_ids)
         if not checks:
             note = f"{note}: it holds no asset check results for the {len(run_ids)} run(s) of this lineage (were they run on another instance?)"
-    extra = None
-    board = Path(home) / "scoreboards"
-    for f in board.glob("*.json") if board.is_dir() else []:
-        data = json.loads(f.read_text())
-        if data.get("artifact_hash") == target:
-            extra = data.get("systems")
-    report = build_audit(store, target, config_defaults=config_defaults(), check_results=checks, checks_note=note, scoreboard_extra=extra)
+    report = build_audit(store, target, config_defaults=config_defaults(), check_results=checks, checks_note=note,
+                         scoreboard_extra=_scoreboard_rows(home, target))  # fmt: skip
     text = audit_markdown(report) if args.format == "md" else audit_html(report)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
@@ -235,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     di.add_argument("--json", action="store_true")
     di.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
     di.set_defaults(func=cmd_diff)
+    mc = sub.add_parser("model-card", help="copy a benchmarked fine-tuned model to a folder whose model card has its scoreboard")
+    mc.add_argument("target", nargs="+", help="benchmark_scores hash (prefix), or benchmark_scores [partition]")
+    mc.add_argument("--out", required=True, help="folder to write (must be empty or absent)")
+    mc.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
+    mc.set_defaults(func=cmd_model_card)
     li = sub.add_parser("lineage", help="lineage of stored artifacts for other tools")
     li_sub = li.add_subparsers(dest="lineage_command", required=True)
     ex = li_sub.add_parser("export", help="OpenLineage RunEvents (START/COMPLETE) of stored artifacts as JSON lines")

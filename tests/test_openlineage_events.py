@@ -13,8 +13,8 @@ from retriever_forge.artifacts import ArtifactStore
 from retriever_forge.openlineage_events import (
     FACETS_SCHEMA_FILE,
     artifact_events,
-    emit,
     emission_configured,
+    emit,
     event_json,
     fail_event,
     openlineage_run_id,
