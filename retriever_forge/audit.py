@@ -124,6 +124,18 @@ def _canon(v):
     return json.dumps(v, sort_keys=True, default=str)
 
 
+def comparison_text(v) -> str | None:
+    """A scoreboard's paired comparison (``{delta, p_value[_holm], ...}``) as ``+0.0123 (p=0.031)``.
+
+    >>> comparison_text({"delta": 0.01234, "p_value": 0.5, "p_value_holm": 0.031}), comparison_text({"x": 1})
+    ('+0.0123 (p=0.031)', None)
+    """
+    if not (isinstance(v, dict) and "delta" in v):
+        return None
+    p = v.get("p_value_holm", v.get("p_value"))
+    return f"{v['delta']:+.4f}" + (f" (p={p:.3f})" if isinstance(p, int | float) else "")
+
+
 # --------------------------------------------------------------------------- samples
 
 
@@ -424,6 +436,8 @@ def _table(rows: list[dict], cols: list[str] | None = None) -> str:
             return f'<td class="num">{v:.4f}</td>'
         if isinstance(v, int) and not isinstance(v, bool):
             return f'<td class="num">{v}</td>'
+        if comparison_text(v) is not None:
+            return f'<td class="num">{_e(comparison_text(v))}</td>'
         if isinstance(v, dict | list):
             return f"<td><code>{_e(json.dumps(v, default=str))}</code></td>"
         return f"<td>{_e(v)}</td>"
@@ -539,7 +553,9 @@ def audit_html(report: dict) -> str:
 
 
 def _md_cell(v) -> str:
-    if isinstance(v, float):
+    if comparison_text(v) is not None:
+        v = comparison_text(v)
+    elif isinstance(v, float):
         v = f"{v:.4f}"
     elif isinstance(v, dict | list):
         v = json.dumps(v, default=str)

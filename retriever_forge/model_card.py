@@ -60,6 +60,10 @@ def card_lineage(store: ArtifactStore, training_examples: ArtifactRef) -> dict:
 
 
 def _fmt(v) -> str:
+    from retriever_forge.audit import comparison_text
+
+    if comparison_text(v) is not None:
+        return comparison_text(v)
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e-3 and v != 0 else f"{v:.4f}".rstrip("0").rstrip(".") if v != int(v) else str(v)
     if isinstance(v, dict | list):

@@ -13,7 +13,8 @@ FACTS = {
     "training": {"steps": 4, "best_step": 3, "stop_reason": "completed", "device": "cpu", "precision": "bfloat16-autocast"},
     "hardware": {"machine": "x86_64", "cpus": 2},
     "dev_metrics": [{"step": 0, "mrr@10": 0.41}, {"step": 3, "mrr@10": 0.45}],
-    "scoreboard": [{"system": "base", "ndcg_cut_10": 0.419}, {"system": "fine-tuned", "ndcg_cut_10": 0.464, "p_value": 0.012}],
+    "scoreboard": [{"system": "base", "ndcg_cut_10": 0.419},
+                   {"system": "fine-tuned", "ndcg_cut_10": 0.464, "vs_base": {"delta": 0.045, "p_value": 0.004, "p_value_holm": 0.012}}],
     "lineage": {"artifacts": {"corpus": {"hash": "a" * 64, "rows": 3204}, "training_examples": {"hash": "b" * 64, "rows": 120}},
                 "models": {"synthetic_queries.generator": {"id": "SmolLM2", "weights_hash": "c" * 64}},
                 "prompts": {"synthetic_queries.question": {"id": "queries/inpars_question_v1", "hash": "d" * 64}}},
@@ -36,7 +37,7 @@ def test_card_parses_with_huggingface_hub_and_model_still_loads(tmp_path):
     assert data["library_name"] == "sentence-transformers" and data["pipeline_tag"] == "sentence-similarity"
     assert data["datasets"] == ["cacm"] and "retriever-forge" in data["tags"]
     for text in ("kept step: **3**", "bfloat16-autocast", "| `learning_rate` | 2e-05 |", "retriever-forge trace bbbbbbbbbbbbbbbb",
-                 "p_value", "0.464", "a" * 64, "queries/inpars_question_v1"):  # fmt: skip
+                 "+0.0450 (p=0.012)", "0.464", "a" * 64, "queries/inpars_question_v1"):  # fmt: skip
         assert text in card.text, text
     model = SentenceTransformer(folder, device="cpu")
     assert model.encode(["the file path"]).shape[0] == 1
