@@ -19,9 +19,9 @@ PROMPT_LINE = ("Relevant Query: who built the first nuclear weapons", "Relevant 
 
 def _config(template: str, negatives: int) -> dict:
     return {"ops": {
-        "synthetic_queries": {"config": {"documents_to_sample": 12, "round_trip_k": 50, "synthetic_test_fraction": 0.25,
-                                         "templates": {"question": template}}},
-        "relevance_judgments": {"config": {"candidates_per_query": 2}},
+        "synthetic_queries": {"config": {"documents_to_sample": 12, "queries_per_document": 1, "round_trip_k": 50,
+                                         "synthetic_test_fraction": 0.25, "templates": {"question": template}}},
+        "relevance_judgments": {"config": {"candidates_per_query": 2, "calibration_queries": 4}},
         "hard_negatives": {"config": {"rank_start": 3, "rank_end": 30, "negatives_per_query": negatives}},
         "fine_tuned_encoder": {"config": {"epochs": 1, "batch_size": 4}},
     }}  # fmt: skip
@@ -66,7 +66,7 @@ def test_diff_of_the_two_runs_names_exactly_the_prompt_line_and_the_config_value
     assert f"-{PROMPT_LINE[0]}" in prompt["diff"] and f"+{PROMPT_LINE[1]}" in prompt["diff"]
     assert sum(ln.startswith(("-", "+")) and not ln.startswith(("---", "+++")) for ln in prompt["diff"].splitlines()) == 2
     assert (config["old"], config["new"]) == (2, 1)
-    assert {"relevance_judgments", "training_examples", "fine_tuned_encoder", "benchmark_scores"} <= {c["asset"] for c in d["consequences"]}
+    assert {"training_examples", "fine_tuned_encoder"} <= {c["asset"] for c in d["consequences"]}
     assert {r["system"] for r in d["score_deltas"]} == {"bm25", "base", "fine-tuned"}
     assert all(r["delta"] == round(r["b"] - r["a"], 4) for r in d["score_deltas"])
     assert "config negatives_per_query: 2 → 1" in diff_text(d)
