@@ -73,13 +73,27 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_encoder(name_or_path: str = DEFAULT_ENCODER, device: str | None = None, max_seq_length: int = 256) -> Encoder:
-    """Load an encoder; the weights hash is taken over the resolved local folder."""
+def open_sentence_transformer(path: str, device: str | None = None):
+    """``SentenceTransformer(path)``, trusting only this package's own modules.
+
+    A folder published with a learnable pooling head or a bidirectional decoder names
+    ``retriever_forge.*`` classes in its ``modules.json``; sentence-transformers >= 6 imports
+    those only with ``trust_remote_code=True``, which is passed for such folders alone
+    (see :func:`retriever_forge.pooling.needs_trust_remote_code`).
+    """
     from sentence_transformers import SentenceTransformer
 
+    from retriever_forge.pooling import needs_trust_remote_code
+
+    trust = Path(path).is_dir() and needs_trust_remote_code(path)
+    return SentenceTransformer(path, device=device or default_device(), trust_remote_code=trust)
+
+
+def load_encoder(name_or_path: str = DEFAULT_ENCODER, device: str | None = None, max_seq_length: int = 256) -> Encoder:
+    """Load an encoder; the weights hash is taken over the resolved local folder."""
     path = resolve_model_path(name_or_path)
     device = device or default_device()
-    model = SentenceTransformer(path, device=device)
+    model = open_sentence_transformer(path, device=device)
     model.max_seq_length = min(max_seq_length, model.max_seq_length or max_seq_length)
     local = path if Path(path).exists() else _hub_snapshot_folder(model)
     weights_hash = model_folder_hash(local) if local else "unknown"
@@ -172,6 +186,18 @@ def encode(
     if progress is not None:
         progress.close()
     return out
+
+
+def query_prompt(encoder: Encoder) -> str:
+    """The prefix the model wants on queries (its ``"query"`` prompt: e5's ``"query: "``, an
+    instruction set by ``query_instruction`` in training), or ``""``."""
+    return (getattr(encoder.model, "prompts", None) or {}).get("query", "") or ""
+
+
+def encode_queries(encoder: Encoder, queries: list[str], batch_size: int = 64) -> np.ndarray:
+    """:func:`encode` for search queries: each gets the model's query prompt; passages never do."""
+    prefix = query_prompt(encoder)
+    return encode(encoder, [prefix + q for q in queries] if prefix else queries, batch_size=batch_size)
 
 
 def _digests(texts: list[str]) -> np.ndarray:

@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 
 from retriever_forge import losses
+from retriever_forge.adapters import AdapterSettings, attach_adapter, export_and_merge
 from retriever_forge.batching import TopicBatcher, no_duplicate_positives, shuffled_batches
-from retriever_forge.encoding import model_folder_hash, resolve_model_path
+from retriever_forge.encoding import model_folder_hash, open_sentence_transformer, resolve_model_path
 from retriever_forge.hashing import hash_bytes, hash_json
 from retriever_forge.numerics import autocast_device_type, bf16_is_native
 
@@ -105,12 +106,40 @@ class TrainingConfig:
     bf16: bool = True  # autocast to bfloat16 where it is native (see retriever_forge.numerics); float32 elsewhere
     seed: int = 0
     device: str | None = None
+    # Encoder shape (retriever_forge.adapters, .pooling, .decoder): parameter-efficient tuning,
+    # the pooling head, a decoder LLM's attention mask and the queries' instruction prefix.
+    adapter: str = "none"  # none | lora | spt
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: the attention and MLP projections
+    tunable_parameter_budget: float = 0  # SPT: parameters (count, or fraction < 1); 0: LoRA's count
+    spt_sensitivity_batches: int = 4
+    spt_structured_threshold: int = 0  # SPT: LoRA above this many sensitive positions; 0: LoRA's cost
+    pooling: str = "model"  # model | mean | cls | last | gem | ggem | latent_attention
+    latent_attention_latents: int = 512
+    latent_attention_heads: int = 8
+    bidirectional: bool = False  # decoder LLMs: replace the causal mask (training and encoding)
+    query_instruction: str | None = None  # None: the model's own "query" prompt (often empty)
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        from retriever_forge.pooling import POOLING_MODES
+
         if self.loss not in ("infonce", "graded", "infonce+graded"):
             raise ValueError(f"unknown loss {self.loss!r}")
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLING_MODES}")
+        self.adapter_settings()  # validates the adapter fields
         if self.batch_size < 1 or self.epochs < 0:
             raise ValueError("batch_size must be >= 1 and epochs >= 0")
+
+    def adapter_settings(self) -> AdapterSettings:
+        return AdapterSettings(
+            kind=self.adapter, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+            target_modules=self.target_modules, tunable_parameter_budget=self.tunable_parameter_budget,
+            spt_sensitivity_batches=self.spt_sensitivity_batches, spt_structured_threshold=self.spt_structured_threshold,
+        )  # fmt: skip
 
     def fingerprint_fields(self) -> dict:
         """The fields that change the trained weights (a checkpoint is resumed only if equal)."""
@@ -134,6 +163,8 @@ class TrainingResult:
     seconds: float = 0.0
     stop_reason: str = "completed"  # completed / early_stopping / time_budget / max_steps
     resumed_from_step: int | None = None
+    trainable_parameters: int = 0
+    adapter: dict | None = None  # what retriever_forge.adapters chose and published (None: full fine-tuning)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -390,8 +421,10 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        # Biases and LayerNorm weights are not regularised (standard BERT fine-tuning).
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        # Biases and LayerNorm weights are not regularised (standard BERT fine-tuning), nor are
+        # sparsely tuned matrices (decay would move the positions their gradient mask freezes).
+        skip = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or hasattr(p, "sparse_tuning_mask")
+        (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -482,7 +515,6 @@ def train_encoder(
     model after each backward pass (before clipping), e.g. to all-reduce gradients across
     data-parallel processes (:mod:`retriever_forge.train_cli`).
     """
-    from sentence_transformers import SentenceTransformer
     from transformers import get_linear_schedule_with_warmup
 
     cfg = config or TrainingConfig()
@@ -494,11 +526,12 @@ def train_encoder(
 
     torch.manual_seed(cfg.seed)
     base_path = resolve_model_path(base_model)
-    model = SentenceTransformer(base_path, device=device)
+    model = open_sentence_transformer(base_path, device=device)
     # Training truncates to cfg.max_seq_length (activation memory grows with length^2); the saved
     # model keeps the base model's own length, so search encodes whole passages as before.
     serving_max_length = model.max_seq_length
     model.max_seq_length = cfg.max_seq_length
+    query_prefix = configure_encoder(model, cfg)
 
     train_df = examples.filter(pl.col("split") == "train")
     dev_df = examples.filter(pl.col("split") == "dev").head(cfg.max_dev_queries)
@@ -506,6 +539,9 @@ def train_encoder(
     dev = _Batchable.from_frame(dev_df, cfg.negatives_per_example) if dev_df.height else None
     if len(train) == 0:
         raise ValueError("no training examples with split == 'train'")
+    for part in (train, dev):
+        if part is not None and query_prefix:
+            part.queries = [query_prefix + q for q in part.queries]
 
     fingerprint = hash_json(
         {
@@ -520,6 +556,13 @@ def train_encoder(
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
 
+    autocast = torch.autocast(device_type=autocast_device_type(device), dtype=torch.bfloat16, enabled=use_bf16)
+
+    def sensitivity_loss(i: int) -> torch.Tensor:  # SPT measures sensitivity on the first batches
+        with autocast:
+            return compute_batch_loss(model, train, plan[0][i % len(plan[0])], cfg, device)
+
+    adapter = attach_adapter(model, cfg.adapter_settings(), sensitivity_loss)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), max(1, total_steps))
 
@@ -584,7 +627,6 @@ def train_encoder(
         run_eval()
 
     model.train()
-    autocast = torch.autocast(device_type=autocast_device_type(device), dtype=torch.bfloat16, enabled=use_bf16)
     steps_per_epoch = [len(p) for p in plan]
     while state["stop_reason"] is None:
         if state["step"] >= total_steps:
@@ -632,17 +674,30 @@ def train_encoder(
         if progress is not None:
             progress(event)
 
+    published_base = False
     if dev is not None and state["best_step"] != state["step"]:
         if state["best_step"] == 0:
-            model = SentenceTransformer(base_path, device=device)
+            model, published_base = open_sentence_transformer(base_path, device=device), True
         else:
             _load_weights(model, best_weights_path(state["best_step"]))
 
     model_dir = output_dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
+    adapter_summary = None
+    adapter_export = output_dir / "adapter"
+    shutil.rmtree(adapter_export, ignore_errors=True)
+    if adapter.kind != "none":
+        adapter_summary = adapter.summary()
+        if published_base:
+            adapter_summary["published"] = "no step beat the base model on the dev queries: base weights published"
+        else:  # the adapter beside the merged model, with the base model's identity
+            base_hash = model_folder_hash(base_path) if Path(base_path).exists() else base_path
+            adapter_summary = export_and_merge(model, adapter, adapter_export, base_hash)
     _reset_tokenizer_runtime_state(model)
     model.max_seq_length = serving_max_length
     model.save(str(model_dir), safe_serialization=True)
+    if adapter_export.exists():
+        shutil.copytree(adapter_export, model_dir / "adapter")
     result = TrainingResult(
         model_dir=model_dir,
         weights_hash=model_folder_hash(model_dir),
@@ -656,9 +711,33 @@ def train_encoder(
         seconds=round(seconds_before + time.monotonic() - started, 3),
         stop_reason=state["stop_reason"],
         resumed_from_step=resumed_from,
+        trainable_parameters=adapter.trainable_parameters,
+        adapter=adapter_summary,
     )
     (output_dir / "training_result.json").write_text(json.dumps(result.to_json(), indent=1))
     return result
+
+
+def configure_encoder(model, cfg: TrainingConfig) -> str:
+    """Set the pooling head, attention mask, gradient checkpointing and query prompt that
+    ``cfg`` asks for on a freshly loaded model; returns the prefix every query gets.
+
+    The query prefix is saved as the model's ``"query"`` prompt, which
+    :func:`retriever_forge.encoding.encode_queries` applies at search time.
+    """
+    from retriever_forge import decoder, pooling
+
+    hf = model[0].auto_model
+    if decoder.is_decoder(hf):
+        decoder.prepare_tokenizer(model)
+    if cfg.bidirectional:
+        decoder.add_bidirectional_module(model)
+    pooling.set_pooling(model, cfg.pooling, latents=cfg.latent_attention_latents, latent_heads=cfg.latent_attention_heads)
+    if cfg.gradient_checkpointing:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.query_instruction is not None:
+        model.prompts = {**(model.prompts or {}), "query": cfg.query_instruction}
+    return (model.prompts or {}).get("query", "")
 
 
 def _reset_tokenizer_runtime_state(model) -> None:

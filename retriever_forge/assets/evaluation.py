@@ -14,7 +14,7 @@ from retriever_forge.artifacts import ArtifactRef
 from retriever_forge.assets.common import CODE_VERSION, dataset_partitions, dataset_spec, effective_config, publish, timed
 from retriever_forge.assets.generation import _corpus_embeddings
 from retriever_forge.assets.training import judge_verdict
-from retriever_forge.encoding import encode
+from retriever_forge.encoding import encode_queries
 from retriever_forge.evaluation import MEASURES, bm25_run, dense_run, qrels_dict, score_run, scoreboard_markdown
 from retriever_forge.indexing import build_corpus_index, load_corpus_index, search_corpus_index
 from retriever_forge.judging import steering_judgments
@@ -140,12 +140,12 @@ def benchmark_scores(
         with timed() as ts:
             base = encoder.load()
             base_corpus = _corpus_embeddings(base, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
-            runs["base"] = dense_run(encode(base, query_texts), np.asarray(base_corpus), query_ids, doc_ids, k=values["depth"])
+            runs["base"] = dense_run(encode_queries(base, query_texts), np.asarray(base_corpus), query_ids, doc_ids, k=values["depth"])
         seconds["base"] = ts["seconds"]
         with timed() as ts:
             tuned = encoder.load(str(store.local_path(fine_tuned_encoder)))
             index = load_corpus_index(store.local_path(corpus_index))
-            runs["fine-tuned"] = search_corpus_index(index, encode(tuned, query_texts), query_ids, k=values["depth"])
+            runs["fine-tuned"] = search_corpus_index(index, encode_queries(tuned, query_texts), query_ids, k=values["depth"])
         seconds["fine-tuned"] = ts["seconds"]
         per_query, rows = [], []
         for system, run in runs.items():

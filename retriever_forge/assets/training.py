@@ -82,6 +82,22 @@ class FineTuneConfig(dg.Config):
     )
     bf16: bool = Field(default=_TRAINING_DEFAULTS.bf16, description="Autocast to bfloat16 where it is native (GPUs, CPUs with AVX512-BF16/AMX).")
     seed: int = _TRAINING_DEFAULTS.seed
+    grad_cache_chunk_size: int = Field(default=_TRAINING_DEFAULTS.grad_cache_chunk_size,
+                                       description="GradCache: encode at most this many texts per graph (0: off); lets batch_size reach 256-1024.")
+    gradient_checkpointing: bool = Field(default=_TRAINING_DEFAULTS.gradient_checkpointing, description="Recompute activations in backward.")
+    adapter: str = Field(default=_TRAINING_DEFAULTS.adapter, description="none (full fine-tuning) | lora | spt (sensitivity-aware: LoRA + sparse).")
+    lora_rank: int = _TRAINING_DEFAULTS.lora_rank
+    lora_alpha: float = _TRAINING_DEFAULTS.lora_alpha
+    lora_dropout: float = _TRAINING_DEFAULTS.lora_dropout
+    target_modules: list[str] | None = Field(default=None, description="Linear layer names to adapt (null: attention and MLP projections).")
+    tunable_parameter_budget: float = Field(default=_TRAINING_DEFAULTS.tunable_parameter_budget,
+                                            description="SPT: tunable parameters (count, or fraction < 1; 0: as many as LoRA).")
+    pooling: str = Field(default=_TRAINING_DEFAULTS.pooling, description="model | mean | cls | last | gem | ggem | latent_attention")
+    latent_attention_latents: int = _TRAINING_DEFAULTS.latent_attention_latents
+    latent_attention_heads: int = _TRAINING_DEFAULTS.latent_attention_heads
+    bidirectional: bool = Field(default=_TRAINING_DEFAULTS.bidirectional, description="Decoder LLMs: bidirectional attention.")
+    query_instruction: str | None = Field(default=None, description="Prefix for queries only (null: the model's own query prompt).")
+    # fmt: skip
 
 
 def judge_verdict(store, ref: ArtifactRef) -> dict:
@@ -249,7 +265,8 @@ def fine_tuned_encoder(
     # so these are the base weights), and why training stopped: in the manifest and the UI.
     training = {"best_step": result.best_step, "steps": len(losses), "stop_reason": result.stop_reason,
                 "device": result.device, "precision": result.precision, "model_card_hash": hash_file(card),
-                "loss": tc.loss, "judge_used": judge["used"]}
+                "loss": tc.loss, "judge_used": judge["used"],
+                "trainable_parameters": result.trainable_parameters, "adapter": result.adapter}
     # The dev signal of the last evaluation (paired MRR@10 gain over the base and its z), which
     # the publication guard tested: recorded so ablations can check it against human judgments.
     last_dev = result.dev_metrics[-1] if result.dev_metrics else {}

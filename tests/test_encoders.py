@@ -1,0 +1,326 @@
+"""Adapters (LoRA, SPT), pooling heads, decoder masks and query prompts on tiny random models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from retriever_forge import adapters, decoder, pooling
+from retriever_forge.encoding import Encoder, encode, encode_queries, open_sentence_transformer
+from retriever_forge.training import TrainingConfig, configure_encoder, train_encoder
+from tests._tiny_encoder import WORDS, tiny_encoder_folder
+
+TEXTS = ["sort the list of numbers", "hash table index search", "shortest path in a graph", "parser and compiler tree"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return tiny_encoder_folder(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder(tmp_path_factory) -> str:
+    """A 2-layer random Llama with the tiny WordPiece vocabulary (a plain Hugging Face folder)."""
+    from transformers import BertTokenizerFast, LlamaConfig, LlamaModel
+
+    root = tmp_path_factory.mktemp("tiny-llama")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), ".", ":", ","]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab=str(root / "vocab.txt")).save_pretrained(str(root))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)  # fmt: skip
+    LlamaModel(config).save_pretrained(str(root), safe_serialization=True)
+    return str(root)
+
+
+def _st(path: str):
+    return open_sentence_transformer(path, device="cpu")
+
+
+def _vectors(model, texts=TEXTS) -> np.ndarray:
+    return model.encode(texts, convert_to_numpy=True, normalize_embeddings=False, show_progress_bar=False)
+
+
+def _contrastive_loss(model, texts=TEXTS) -> torch.Tensor:
+    features = model.preprocess(texts)
+    emb = torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=-1)
+    sim = emb @ emb.roll(1, 0).T / 0.05
+    return torch.nn.functional.cross_entropy(sim, torch.arange(len(texts)))
+
+
+def _train_steps(model, steps: int = 3) -> None:
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(steps):
+        opt.zero_grad()
+        _contrastive_loss(model).backward()
+        opt.step()
+    model.eval()
+
+
+def _base_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in adapters.backbone(model).state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------ adapters
+
+
+def test_projection_modules_resolve_per_architecture(tiny, tiny_decoder):
+    bert = adapters.projection_modules(adapters.backbone(_st(tiny)))
+    assert {n.split(".")[-1] for n in bert} == {"query", "key", "value", "dense"} and not any("pooler" in n for n in bert)
+    llama = adapters.projection_modules(adapters.backbone(_st(tiny_decoder)))
+    assert {n.split(".")[-1] for n in llama} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapters.projection_modules(adapters.backbone(_st(tiny)), ["query"]) == ["encoder.layer.0.attention.self.query",
+                                                                                     "encoder.layer.1.attention.self.query"]  # fmt: skip
+    with pytest.raises(ValueError, match="no Linear layers match"):
+        adapters.projection_modules(adapters.backbone(_st(tiny)), ["q_proj"])
+
+
+def test_lora_changes_only_adapter_weights_and_merges_to_same_outputs(tiny, tmp_path):
+    torch.manual_seed(0)
+    model = _st(tiny)
+    base = _base_state(model)
+    state = adapters.attach_adapter(model, adapters.AdapterSettings(kind="lora", lora_rank=4, lora_dropout=0.0))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert state.trainable_parameters == sum(p.numel() for p in model.parameters() if p.requires_grad) == state.budget
+    _train_steps(model)
+    unmerged = _vectors(model)
+    for name, p in adapters.backbone(model).named_parameters():
+        if "lora_" not in name:  # every base weight is untouched
+            assert torch.equal(p.detach(), base[name.replace(".base_layer", "")]), name
+    manifest = adapters.export_and_merge(model, state, tmp_path / "adapter", base_model_hash="abc")
+    merged = _vectors(model)
+    np.testing.assert_allclose(merged, unmerged, atol=1e-5)
+    assert not np.allclose(merged, _vectors(_st(tiny)), atol=1e-4)  # training moved the vectors
+    assert set(adapters.backbone(model).state_dict()) == set(base)  # plain modules again
+    assert manifest["base_model_hash"] == "abc" and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_spt_allocation_is_top_budget_with_lora_where_dense():
+    lin_a, lin_b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)  # LoRA cost at rank 1: 8
+    scores = {"a": torch.arange(16.0).view(4, 4) + 100, "b": torch.arange(16.0).view(4, 4)}
+    lora, sparse = adapters.spt_allocate(scores, {"a": lin_a, "b": lin_b}, budget=12, rank=1)
+    # The 12 top scores: all 16 of "a" beat "b", so 12 positions of "a" (> 8: LoRA), none of "b".
+    assert lora == ["a"] and sparse == {}
+    lora, sparse = adapters.spt_allocate(scores, {"a": lin_a, "b": lin_b}, budget=20, rank=1, threshold=100)
+    assert lora == [] and int(sparse["a"].sum()) == 16 and int(sparse["b"].sum()) == 4
+    assert sparse["b"].flatten().nonzero().flatten().tolist() == [12, 13, 14, 15]
+
+
+def test_spt_tunes_only_chosen_positions_and_merges(tiny, tmp_path):
+    torch.manual_seed(0)
+    model = _st(tiny)
+    base = _base_state(model)
+    # A budget and threshold that give both kinds: matrices over 60 sensitive positions get LoRA.
+    settings = adapters.AdapterSettings(kind="spt", lora_rank=2, lora_dropout=0.0, tunable_parameter_budget=600,
+                                        spt_sensitivity_batches=2, spt_structured_threshold=60)  # fmt: skip
+    state = adapters.attach_adapter(model, settings, lambda i: _contrastive_loss(model))
+    assert state.lora_modules and state.sparse_modules, state.summary()
+    assert sum(state.sparse_modules.values()) + sum(
+        adapters.lora_cost(adapters.backbone(model).get_submodule(n).base_layer, 2) for n in state.lora_modules
+    ) == state.trainable_parameters
+    default = adapters.attach_adapter(_st(tiny), adapters.AdapterSettings(kind="spt", lora_rank=2, tunable_parameter_budget=600),
+                                      lambda i: torch.zeros((), requires_grad=True) + 0 * _contrastive_loss(model))  # fmt: skip
+    assert default.trainable_parameters <= default.budget == 600  # the default threshold (LoRA's cost) keeps SPT in budget
+    _train_steps(model)
+    hf = adapters.backbone(model)
+    for name, p in hf.named_parameters():
+        key = name.replace(".base_layer", "")
+        module = key.rsplit(".", 1)[0]
+        if "lora_" in name:
+            continue
+        if module in state.masks and key.endswith("weight"):
+            changed = p.detach() != base[key]
+            assert changed.any() and not (changed & ~state.masks[module]).any(), name  # only chosen positions moved
+        else:
+            assert torch.equal(p.detach(), base[key]), name
+    unmerged = _vectors(model)
+    manifest = adapters.export_and_merge(model, state, tmp_path / "adapter", base_model_hash="h")
+    np.testing.assert_allclose(_vectors(model), unmerged, atol=1e-5)
+    assert manifest["sparse_modules"] == state.sparse_modules and manifest["budget"] == 600
+    from safetensors.torch import load_file
+
+    deltas = load_file(str(tmp_path / "adapter" / "sparse_deltas.safetensors"))
+    name = next(iter(state.sparse_modules))
+    assert deltas[f"{name}.index"].numel() == state.sparse_modules[name] == deltas[f"{name}.delta"].numel()
+
+
+def _examples(n: int = 24) -> pl.DataFrame:
+    topics = [("sort", "sorting numbers list"), ("hash", "hash table index"), ("graph", "shortest path graph"), ("parser", "parser compiler tree")]
+    rows = []
+    for i in range(n):
+        t, text = topics[i % 4]
+        o, other = topics[(i + 1) % 4]
+        rows.append({"query_id": f"q{i}", "query": f"{t} {text.split()[i % 3]}", "positive_id": f"d{i % 4}", "positive_text": text,
+                     "positive_grade": 3.0, "negative_ids": [f"d{(i + 1) % 4}"], "negative_texts": [other], "negative_grades": [0.0],
+                     "split": "dev" if i >= n - 4 else "train"})  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def test_train_encoder_with_lora_publishes_merged_folder_and_adapter(tiny, tmp_path):
+    cfg = TrainingConfig(adapter="lora", lora_rank=4, learning_rate=5e-3, batch_size=4, max_seq_length=16, eval_at_start=False,
+                         bf16=False, seed=1)  # fmt: skip
+    result = train_encoder(tiny, _examples(), tmp_path / "out", cfg)
+    assert result.adapter["kind"] == "lora" and result.trainable_parameters == result.adapter["trainable_parameters"] > 0
+    folder = Path(result.model_dir)
+    manifest = json.loads((folder / "adapter" / "adapter_manifest.json").read_text())
+    from retriever_forge.encoding import model_folder_hash
+
+    assert manifest["base_model_hash"] == model_folder_hash(tiny)
+    from sentence_transformers import SentenceTransformer
+
+    plain = SentenceTransformer(str(folder), device="cpu")  # no retriever_forge module: loads anywhere
+    assert not any("lora" in k for k in plain.state_dict())
+    assert not np.allclose(_vectors(plain), _vectors(_st(tiny)), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------ pooling
+
+
+H = torch.tensor([[[1.0, -2.0, 3.0, 4.0], [3.0, 4.0, -1.0, 0.0], [9.0, 9.0, 9.0, 9.0]]])  # the third token is padding
+
+
+def _pool(module, h=H, mask=(1, 1, 0)) -> torch.Tensor:
+    return module({"token_embeddings": h, "attention_mask": torch.tensor([mask])})["sentence_embedding"].detach()
+
+
+def test_st_poolings_known_values_with_left_and_right_padding():
+    assert torch.allclose(_pool(pooling.pooling_module("mean", 4)), torch.tensor([[2.0, 1.0, 1.0, 2.0]]))
+    assert torch.allclose(_pool(pooling.pooling_module("cls", 4)), torch.tensor([[1.0, -2.0, 3.0, 4.0]]))
+    last = pooling.pooling_module("last", 4)
+    assert torch.allclose(_pool(last), torch.tensor([[3.0, 4.0, -1.0, 0.0]]))  # right padding: second token
+    left = torch.stack([H[0, [2, 0, 1]]])  # the padding first, as a left-padding tokenizer gives
+    assert torch.allclose(_pool(last, left, (0, 1, 1)), torch.tensor([[3.0, 4.0, -1.0, 0.0]]))
+
+
+def test_gem_and_ggem_known_values():
+    gem = pooling.GeMPooling(4, p_init=1.0)
+    assert torch.allclose(_pool(gem), torch.tensor([[2.0, 1.0, 1.0, 2.0]]), atol=1e-5)  # p = 1: the mean
+    gem2 = pooling.GeMPooling(4, p_init=2.0)
+    # sign-preserving: channel 0: ((1 + 9) / 2)^(1/2); channel 1: (-4 + 16) / 2 = 6 -> sqrt 6; channel 2: (9 - 1) / 2 = 4 -> 2
+    expected = torch.tensor([[5**0.5, 6**0.5, 2.0, (16 / 2) ** 0.5]])
+    assert torch.allclose(_pool(gem2), expected, atol=1e-4)
+    ggem = pooling.GeMPooling(4, groups=2, p_init=1.0)
+    with torch.no_grad():
+        ggem.p.copy_(torch.tensor([1.0, 2.0]))  # first two channels mean, last two p = 2
+    assert torch.allclose(_pool(ggem), torch.tensor([[2.0, 1.0, 2.0, 8**0.5]]), atol=1e-4)
+    assert _pool(ggem).shape == (1, 4) and ggem.p.requires_grad
+    with pytest.raises(ValueError, match="must divide"):
+        pooling.GeMPooling(4, groups=3)
+
+
+def test_latent_attention_starts_as_mean_and_known_value():
+    torch.manual_seed(0)
+    la = pooling.LatentAttentionPooling(4, num_latents=3, num_heads=2)
+    assert torch.allclose(_pool(la), torch.tensor([[2.0, 1.0, 1.0, 2.0]]), atol=1e-6)  # zero-initialised residual branches
+    one = pooling.LatentAttentionPooling(4, num_latents=1, num_heads=2)
+    with torch.no_grad():
+        # One latent: every token's attention weight on it is 1, so each token gets to_out(v).
+        one.to_out.weight.copy_(torch.eye(4))
+        one.to_kv.weight.zero_()
+        one.to_kv.weight[4:].copy_(torch.eye(4))  # v = normalised latent
+        one.norm_latents.weight.fill_(1.0)
+        one.norm_latents.bias.copy_(torch.tensor([0.5, 0.5, 0.5, 0.5]))
+        one.latents.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    v = torch.nn.functional.layer_norm(one.latents, (4,)) + 0.5
+    assert torch.allclose(_pool(one), torch.tensor([[2.0, 1.0, 1.0, 2.0]]) + v.detach(), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["gem", "ggem", "latent_attention"])
+def test_published_pooling_folder_reloads_to_identical_vectors(tiny, tmp_path, mode):
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(0)
+    model = _st(tiny)
+    configure_encoder(model, TrainingConfig(pooling=mode, latent_attention_latents=4, latent_attention_heads=2))
+    _train_steps(model, 2)  # trained heads, not their initial values
+    before = _vectors(model)
+    model.save(str(tmp_path / "m"))
+    assert not list((tmp_path / "m").rglob("*.bin")) and not list((tmp_path / "m").rglob("*.pt"))
+    reloaded = SentenceTransformer(str(tmp_path / "m"), device="cpu", trust_remote_code=True)
+    np.testing.assert_array_equal(_vectors(reloaded), before)
+    np.testing.assert_array_equal(_vectors(_st(str(tmp_path / "m"))), before)  # the pipeline's own loader
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        SentenceTransformer(str(tmp_path / "m"), device="cpu")
+
+
+# ------------------------------------------------------------------------------------ decoders
+
+
+def _token_states(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_bidirectional_mask_lets_an_early_token_see_a_later_one(tiny_decoder, padded):
+    from transformers import AutoModel
+
+    hf = AutoModel.from_pretrained(tiny_decoder).eval()
+    a = torch.tensor([[5, 6, 7, 8]])
+    b = torch.tensor([[5, 6, 7, 9]])  # only the last token differs
+    mask = torch.ones_like(a)
+    if padded:  # a padded batch builds an explicit mask; an unpadded one relies on the kernels' flag
+        a, b = torch.cat([a, torch.tensor([[5, 6, 0, 0]])]), torch.cat([b, torch.tensor([[5, 6, 0, 0]])])
+        mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    causal_a, causal_b = _token_states(hf, a, mask), _token_states(hf, b, mask)
+    assert torch.allclose(causal_a[0, 0], causal_b[0, 0], atol=1e-6)  # causal: token 0 cannot see token 3
+    assert decoder.set_bidirectional(hf, True) == 2
+    bi_a, bi_b = _token_states(hf, a, mask), _token_states(hf, b, mask)
+    assert not torch.allclose(bi_a[0, 0], bi_b[0, 0], atol=1e-4)  # bidirectional: it can
+    assert not torch.allclose(bi_a[0, 0], causal_a[0, 0], atol=1e-4)
+    decoder.set_bidirectional(hf, False)
+    assert torch.allclose(_token_states(hf, a, mask), causal_a, atol=1e-6)
+
+
+def test_bidirectional_decoder_folder_stays_bidirectional_on_reload(tiny_decoder, tmp_path):
+    torch.manual_seed(0)
+    model = _st(tiny_decoder)
+    assert decoder.is_decoder(model[0].auto_model)
+    configure_encoder(model, TrainingConfig(bidirectional=True, pooling="last"))
+    before = _vectors(model, TEXTS[:1])  # one text: no padding, so the attention modules' own flag decides
+    causal = _st(tiny_decoder)
+    configure_encoder(causal, TrainingConfig(pooling="last"))
+    assert not np.allclose(_vectors(causal, TEXTS[:1]), before, atol=1e-4)
+    model.save(str(tmp_path / "m"))
+    reloaded = _st(str(tmp_path / "m"))
+    np.testing.assert_allclose(_vectors(reloaded, TEXTS[:1]), before, atol=1e-6)
+    assert all(m.is_causal is False for m in reloaded[0].auto_model.modules() if hasattr(m, "is_causal") and m is not reloaded[0].auto_model)
+
+
+def test_query_instruction_changes_queries_not_passages(tiny_decoder, tmp_path):
+    model = _st(tiny_decoder)
+    prefix = configure_encoder(model, TrainingConfig(pooling="last", query_instruction="search index : "))
+    assert prefix == "search index : "
+    plain = _st(tiny_decoder)
+    configure_encoder(plain, TrainingConfig(pooling="last"))
+    with_prompt, without = Encoder(model, "m", "m", "h"), Encoder(plain, "p", "p", "h")
+    assert not np.allclose(encode_queries(with_prompt, TEXTS), encode_queries(without, TEXTS), atol=1e-4)
+    np.testing.assert_allclose(encode(with_prompt, TEXTS), encode(without, TEXTS), atol=1e-6)  # passages: no prefix
+    model.save(str(tmp_path / "m"))
+    assert _st(str(tmp_path / "m")).prompts["query"] == "search index : "  # published with the folder
+
+
+def test_decoder_lora_training_end_to_end(tiny_decoder, tmp_path):
+    cfg = TrainingConfig(adapter="lora", lora_rank=2, pooling="last", bidirectional=True, query_instruction="query : ",
+                         learning_rate=5e-3, batch_size=4, max_seq_length=16, eval_at_start=False, bf16=False)  # fmt: skip
+    result = train_encoder(tiny_decoder, _examples(), tmp_path / "out", cfg)
+    reloaded = _st(str(result.model_dir))
+    assert reloaded.prompts["query"] == "query : " and any(isinstance(m, decoder.BidirectionalMask) for m in reloaded)
+    assert result.adapter["lora_modules"] and (Path(result.model_dir) / "adapter" / "adapter_model.safetensors").is_file()
