@@ -10,7 +10,7 @@ Every row trains on the same examples and is scored on the same human-judged que
 3. Each row runs in a fresh process (its own peak RSS): ``--steps`` training steps, no dev
    evaluation (the weights after the last step are scored), then nDCG@10 / Recall@100 on the
    judged queries over ``--eval`` documents (``all``: the whole corpus; ``pool``: each query's
-   BM25 top-100 plus every judged document, one pool for every row).
+   BM25 top ``--pool-depth`` plus every judged document, one pool for every row).
 
     nice -n 10 .venv/bin/python bench/encoders.py ../shared/datasets/cacm --home /tmp/i15/encoders
 
@@ -106,12 +106,12 @@ def prepare(folder: Path, home: Path, passages: int, seed: int) -> Path:
     return out
 
 
-def eval_documents(corpus: pl.DataFrame, queries: pl.DataFrame, qrels: dict, mode: str) -> pl.DataFrame:
+def eval_documents(corpus: pl.DataFrame, queries: pl.DataFrame, qrels: dict, mode: str, depth: int) -> pl.DataFrame:
     if mode == "all":
         return corpus
     from retriever_forge.evaluation import bm25_run
 
-    keep = {d for run in bm25_run(corpus, queries, k=100).values() for d in run} | {d for q in qrels.values() for d in q}
+    keep = {d for run in bm25_run(corpus, queries, k=depth).values() for d in run} | {d for q in qrels.values() for d in q}
     return corpus.filter(pl.col("doc_id").is_in(sorted(keep)))
 
 
@@ -128,6 +128,7 @@ def run_row(name: str, args) -> dict:
     from retriever_forge.training import TrainingConfig, configure_encoder, train_encoder
 
     row = ROWS[name]
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     folder = Path(args.folder)
     corpus, queries, qrels = load_beir(folder)
@@ -157,7 +158,7 @@ def run_row(name: str, args) -> dict:
         enc = Encoder(model, name, path, "untrained")
     if record["trainable_parameters"] is None:
         record["total_parameters"] = sum(p.numel() for p in enc.model.parameters())
-    docs = eval_documents(corpus, queries, qrels, args.eval)
+    docs = eval_documents(corpus, queries, qrels, args.eval, args.pool_depth)
     t0 = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_is_native("cpu")):
         doc_emb = encode(enc, docs.select(passage_text_expr().alias("p"))["p"].to_list(), batch_size=32)
@@ -191,7 +192,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--negatives", type=int, default=1)
     ap.add_argument("--max-seq-length", type=int, default=96)
     ap.add_argument("--eval", choices=["all", "pool"], default="pool")
+    ap.add_argument("--pool-depth", type=int, default=20, help="--eval pool: BM25 depth per query")
     ap.add_argument("--eval-max-length", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared machine)")
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: run one row in this process
@@ -203,6 +206,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     os.environ.setdefault("RETRIEVER_FORGE_HOME", str(home / "forge"))
     t0 = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(args.threads)
     examples = prepare(Path(args.folder), home, args.passages, args.seed)
     n = pl.read_parquet(examples).height
     print(f"{n} training examples ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
@@ -213,7 +219,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ap.error(f"unknown row {name!r}; known: {', '.join(ROWS)}")
     for name in names:
         cmd = [sys.executable, __file__, args.folder, "--home", str(home), "--row", name, "--examples", str(examples)]
-        for flag in ("steps", "batch_size", "negatives", "max_seq_length", "eval", "eval_max_length", "seed"):
+        for flag in ("steps", "batch_size", "negatives", "max_seq_length", "eval", "pool_depth", "eval_max_length", "threads", "seed"):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         started = time.perf_counter()
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)

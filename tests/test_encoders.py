@@ -324,3 +324,27 @@ def test_decoder_lora_training_end_to_end(tiny_decoder, tmp_path):
     reloaded = _st(str(result.model_dir))
     assert reloaded.prompts["query"] == "query : " and any(isinstance(m, decoder.BidirectionalMask) for m in reloaded)
     assert result.adapter["lora_modules"] and (Path(result.model_dir) / "adapter" / "adapter_model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------ GPU path
+
+
+def test_gpu_path_device_selection(monkeypatch):
+    """Without a GPU here, the choices the GPU path makes are checked with faked device queries:
+    encoders and training pick CUDA when torch sees one, mining moves its FAISS index there."""
+    import faiss
+
+    from retriever_forge import encoding, mining
+    from retriever_forge.numerics import autocast_device_type
+
+    assert encoding.default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert encoding.default_device() == "cuda" and autocast_device_type("cuda:1") == "cuda"
+    moved = []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: moved.append(index) or index)
+    index = mining.build_faiss_index(np.eye(4, dtype=np.float32), "flat")
+    assert moved == [index] and index.ntotal == 4
+    moved.clear()
+    mining.build_faiss_index(np.eye(4, dtype=np.float32), "flat", use_gpu=False)
+    assert moved == []
