@@ -336,7 +336,7 @@ tr.changed td{background:#fff6d6}.tag{display:inline-block;padding:0 6px;border-
 pre{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:6px;padding:10px;white-space:pre-wrap;word-break:break-word;max-height:360px;overflow:auto;font-size:12.5px}
 details summary{cursor:pointer;color:#2b5fab}.graph{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:8px;overflow-x:auto}
 ul.tree{list-style:none;padding-left:18px;margin:4px 0}ul.tree li{margin:2px 0}ul.tree>li{padding-left:0}
-td code{word-break:break-word}.graph svg{display:block;margin:0 auto}
+td code{word-break:break-word}td.nowrap,td.nowrap code{white-space:nowrap;word-break:normal}.graph svg{display:block;margin:0 auto}
 .counts span{display:inline-block;background:#eef1f5;border-radius:4px;padding:1px 7px;margin:2px 4px 2px 0;font-size:12.5px}
 """
 
@@ -535,7 +535,7 @@ def audit_html(report: dict) -> str:
         rows = [_check_row(c) for c in report["checks"]]
         body = "".join(
             f"<tr><td class='{ {'passed': 'pass', 'WARNING': 'warn'}.get(r['status'], 'fail') }'>{r['status']}</td><td>{_e(r['asset'])}</td>"
-            f"<td>{_e(r['check'])}</td><td><code>{_e(r['run'])}</code></td><td><code>{_e(json.dumps(r['metadata'], default=str))}</code></td></tr>"
+            f"<td>{_e(r['check'])}</td><td class='nowrap'><code>{_e(r['run'])}</code></td><td><code>{_e(json.dumps(r['metadata'], default=str))}</code></td></tr>"
             for r in rows
         )
         parts.append(f"<table><tr><th>status</th><th>asset</th><th>check</th><th>run</th><th>metadata</th></tr>{body}</table>" if rows else "<p><i>no check results recorded for these runs</i></p>")

@@ -19,8 +19,9 @@ PROMPT_LINE = ("Relevant Query: who built the first nuclear weapons", "Relevant 
 
 def _config(template: str, negatives: int) -> dict:
     return {"ops": {
-        "synthetic_queries": {"config": {"documents_to_sample": 12, "queries_per_document": 1, "round_trip_k": 50,
-                                         "synthetic_test_fraction": 0.25, "templates": {"question": template}}},
+        # Question style only: the edited prompt line reaches every query, the held-out test ones too.
+        "synthetic_queries": {"config": {"documents_to_sample": 8, "styles": ["question"], "round_trip_k": 50,
+                                         "synthetic_test_fraction": 0.34, "templates": {"question": template}}},
         "relevance_judgments": {"config": {"candidates_per_query": 2, "calibration_queries": 4}},
         "hard_negatives": {"config": {"rank_start": 3, "rank_end": 30, "negatives_per_query": negatives}},
         "fine_tuned_encoder": {"config": {"epochs": 1, "batch_size": 4}},
