@@ -104,7 +104,7 @@ def config_rows(config: dict, defaults: dict | None) -> list[dict]:
     """One row per config key: value, default (when known) and whether it differs.
 
     >>> config_rows({"depth": 50, "x": 1}, {"depth": 100, "x": 1})
-    [{'key': 'depth', 'value': 50, 'default': 100, 'changed': True}, {'key': 'x', 'value': 1, 'default': 1, 'changed': False}]
+    [{'key': 'depth', 'value': 50, 'default': 100, 'changed': True, 'known': True}, {'key': 'x', 'value': 1, 'default': 1, 'changed': False, 'known': True}]
     >>> config_rows({"templates": {"question": "q.txt"}}, {"templates": {}})[0]["changed"]
     True
     """
@@ -116,7 +116,7 @@ def config_rows(config: dict, defaults: dict | None) -> list[dict]:
         known = key in flat_defaults or any(p in flat_defaults for p in parents)
         default = flat_defaults.get(key)
         rows.append({"key": key, "value": flat[key], "default": default if known else None,
-                     "changed": known and _canon(flat[key]) != _canon(default)})  # fmt: skip
+                     "changed": known and _canon(flat[key]) != _canon(default), "known": known})  # fmt: skip
     return rows
 
 
@@ -464,7 +464,8 @@ def _artifact_html(a: dict) -> str:
         ("rows", _e(a["rows"])),
         ("run id", f"<code>{_e(a['run_id'])}</code>"),
         ("started / finished", f"{_e(a['started_at'])} → {_e(a['finished_at'])}"),
-        ("who / where", f"{_e(op.get('user') or 'not recorded')} on {_e(op.get('host') or 'not recorded')} ({_e(machine)})"),
+        ("who / where", (f"{_e(op.get('user') or 'unknown user')} on {_e(op.get('host') or 'unknown host')}" if op else "not recorded")
+         + f" ({_e(machine)})"),
         ("code version / git", f"<code>{_e(a['code_version'])}</code> / <code>{_e(a['git_commit'])}</code>"),
     ]
     if a["seeds"]:
@@ -487,7 +488,7 @@ def _artifact_html(a: dict) -> str:
         changed = sum(r["changed"] for r in a["config"])
         rows = "".join(
             f'<tr class="{"changed" if r["changed"] else ""}"><td><code>{_e(r["key"])}</code>{"<span class=tag>changed</span>" if r["changed"] else ""}</td>'
-            f'<td><code>{_e(json.dumps(r["value"], default=str))}</code></td><td><code>{_e("" if r["default"] is None and not r["changed"] else json.dumps(r["default"], default=str))}</code></td></tr>'
+            f'<td><code>{_e(json.dumps(r["value"], default=str))}</code></td><td><code>{_e(json.dumps(r["default"], default=str) if r["known"] else "—")}</code></td></tr>'
             for r in a["config"]
         )
         out.append(f"<details{' open' if changed else ''}><summary>Config ({len(a['config'])} keys, {changed} differ from the defaults)</summary>"

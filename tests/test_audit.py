@@ -90,4 +90,4 @@ def test_audit_command_exits_non_zero_on_a_corrupted_upstream_and_names_it(linea
 
 
 def test_config_rows_without_known_defaults_are_not_marked():
-    assert config_rows({"dataset": {"name": "x"}}, None) == [{"key": "dataset.name", "value": "x", "default": None, "changed": False}]
+    assert config_rows({"dataset": {"name": "x"}}, None) == [{"key": "dataset.name", "value": "x", "default": None, "changed": False, "known": False}]
