@@ -47,13 +47,16 @@ ROWS: dict[str, dict] = {
     "minilm full FT": {"model": "minilm", "cfg": {}},
     "minilm LoRA r8": {"model": "minilm", "cfg": {"adapter": "lora", "learning_rate": ADAPTER_LR}},
     "minilm SPT (LoRA's budget)": {"model": "minilm", "cfg": {"adapter": "spt", "learning_rate": ADAPTER_LR}},
-    "minilm full FT, gem": {"model": "minilm", "cfg": {"pooling": "gem"}},
-    "minilm full FT, ggem": {"model": "minilm", "cfg": {"pooling": "ggem"}},
-    "minilm full FT, latent_attention": {"model": "minilm", "cfg": {"pooling": "latent_attention"}},
-    "smollm2 base, causal": {"model": "smollm2", "train": False, "cfg": {**_DECODER}},
-    "smollm2 base, bidirectional": {"model": "smollm2", "train": False, "cfg": {**_DECODER, "bidirectional": True}},
-    "smollm2 LoRA, causal": {"model": "smollm2", "cfg": {**_DECODER, "adapter": "lora", "learning_rate": ADAPTER_LR}},
-    "smollm2 LoRA, bidirectional": {"model": "smollm2", "cfg": {**_DECODER, "adapter": "lora", "learning_rate": ADAPTER_LR, "bidirectional": True}},
+    "minilm full FT + gem": {"model": "minilm", "cfg": {"pooling": "gem"}},
+    "minilm full FT + ggem": {"model": "minilm", "cfg": {"pooling": "ggem"}},
+    "minilm full FT + latent_attention": {"model": "minilm", "cfg": {"pooling": "latent_attention"}},
+    # In-batch negatives at scale: 256 queries per batch in one graph vs GradCache chunks of 32.
+    "minilm full FT batch 256 one graph": {"model": "minilm", "cfg": {"batch_size": 256, "max_steps": 3}},
+    "minilm full FT batch 256 GradCache 32": {"model": "minilm", "cfg": {"batch_size": 256, "max_steps": 3, "grad_cache_chunk_size": 32}},
+    "smollm2 base causal": {"model": "smollm2", "train": False, "cfg": {**_DECODER}},
+    "smollm2 base bidirectional": {"model": "smollm2", "train": False, "cfg": {**_DECODER, "bidirectional": True}},
+    "smollm2 LoRA causal": {"model": "smollm2", "cfg": {**_DECODER, "adapter": "lora", "learning_rate": ADAPTER_LR}},
+    "smollm2 LoRA bidirectional": {"model": "smollm2", "cfg": {**_DECODER, "adapter": "lora", "learning_rate": ADAPTER_LR, "bidirectional": True}},
 }
 
 
@@ -77,24 +80,34 @@ def load_beir(folder: Path):
 # ------------------------------------------------------------------------------------ data
 
 
-def prepare(folder: Path, home: Path, passages: int, seed: int) -> Path:
+def prepare(folder: Path, home: Path, passages: int, seed: int, queries_table: str | None = None) -> Path:
     """Training examples (queries + mined negatives) for every row, built once per home."""
-    out = home / f"examples-{passages}-{seed}.parquet"
+    out = home / f"examples-{'table' if queries_table else passages}-{seed}.parquet"
     if out.exists():
         return out
-    from retriever_forge.datasets import passage_text_expr
-    from retriever_forge.encoding import encode, load_encoder
-    from retriever_forge.llm import build_llm
-    from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
     from retriever_forge.querygen import QueryGenerationConfig, generate_synthetic_queries
+    from retriever_forge.resources import LLMResource
 
     corpus, _, _ = load_beir(folder)
     t0 = time.perf_counter()
-    llm = build_llm("transformers", cache_path=home / "generations.sqlite")
+    if queries_table:  # a finished pipeline run's synthetic_queries table (same prompts and filters)
+        queries = pl.read_parquet(queries_table).filter(pl.col("dropped_by").is_null()).with_columns(split=pl.lit("train"))
+        return _mine(corpus, queries, home, out, seed)
+    llm = LLMResource(cache_path=str(home / "generations.sqlite"))
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     qcfg = QueryGenerationConfig(documents_to_sample=passages, min_passage_words=20, queries_per_document=3, round_trip_k=None, seed=seed)
-    generated = generate_synthetic_queries(corpus, llm, qcfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    generated = generate_synthetic_queries(corpus, llm.build(home, chat=True, progress=say), qcfg, progress=say,
+                                           completion_llm=llm.build(home, chat=False, progress=say))  # fmt: skip
     queries = generated.filter(pl.col("dropped_by").is_null()).with_columns(split=pl.lit("train"))
     print(f"generation: {generated.height} generated, {queries.height} kept, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return _mine(corpus, queries, home, out, seed)
+
+
+def _mine(corpus: pl.DataFrame, queries: pl.DataFrame, home: Path, out: Path, seed: int) -> Path:
+    from retriever_forge.datasets import passage_text_expr
+    from retriever_forge.encoding import encode, load_encoder
+    from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
+
     base = load_encoder("all-MiniLM-L6-v2", device="cpu", max_seq_length=256)
     corpus_emb = encode(base, corpus.select(passage_text_expr().alias("p"))["p"].to_list(), batch_size=64)
     q_emb = encode(base, queries["text"].to_list(), batch_size=64)
@@ -187,6 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("folder")
     ap.add_argument("--home", default="/tmp/retriever-forge-bench-encoders")
     ap.add_argument("--passages", type=int, default=300)
+    ap.add_argument("--queries-table", default=None, help="use this synthetic_queries parquet (kept rows) instead of generating")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--negatives", type=int, default=1)
@@ -195,7 +209,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--pool-depth", type=int, default=20, help="--eval pool: BM25 depth per query")
     ap.add_argument("--eval-max-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared machine)")
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names, in the order to run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: run one row in this process
     ap.add_argument("--examples", default=None, help=argparse.SUPPRESS)
@@ -209,7 +223,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
     torch.set_num_threads(args.threads)
-    examples = prepare(Path(args.folder), home, args.passages, args.seed)
+    examples = prepare(Path(args.folder), home, args.passages, args.seed, args.queries_table)
     n = pl.read_parquet(examples).height
     print(f"{n} training examples ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     rows = []

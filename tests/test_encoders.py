@@ -14,16 +14,9 @@ from retriever_forge import adapters, decoder, pooling
 from retriever_forge.encoding import Encoder, encode, encode_queries, open_sentence_transformer
 from retriever_forge.training import TrainingConfig, configure_encoder, train_encoder
 from tests._tiny_encoder import WORDS, tiny_encoder_folder
+from tests.test_training import one_thread  # noqa: F401 - the autouse one-thread fixture
 
 TEXTS = ["sort the list of numbers", "hash table index search", "shortest path in a graph", "parser and compiler tree"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
