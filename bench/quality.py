@@ -43,19 +43,16 @@ def parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def training_facts(home: Path, partition: str) -> dict:
+def training_facts(store, partition: str) -> dict:
     """What the fine-tuned encoder was trained on, read from this run's artifacts: training
     queries, each false-negative filter's drops, and the step whose weights were kept (0: no
     step beat the base model on the dev queries, so the base weights were published)."""
     import polars as pl
 
-    from retriever_forge.artifacts import ArtifactStore, read_pointer
-
-    store = ArtifactStore(str(home))
-    candidates = store.read_table(read_pointer(home, "hard_negatives", partition))
+    candidates = store.read_table(store.read_pointer("hard_negatives", partition))
     drops = dict(candidates.group_by("dropped_by").len().iter_rows())
-    examples = store.read_table(read_pointer(home, "training_examples", partition))
-    extra = (store.read_manifest(read_pointer(home, "fine_tuned_encoder", partition)) or {}).get("extra", {})
+    examples = store.read_table(store.read_pointer("training_examples", partition))
+    extra = (store.read_manifest(store.read_pointer("fine_tuned_encoder", partition)) or {}).get("extra", {})
     training = extra.get("training", {})
     return {
         "train_queries": examples.filter(pl.col("split") == "train").height,
@@ -74,7 +71,7 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
     embeddings come from the run's embedding cache, so nothing is encoded twice."""
     import numpy as np
 
-    from retriever_forge.artifacts import ArtifactStore, read_pointer
+    from retriever_forge.artifacts import ArtifactStore
     from retriever_forge.assets.generation import _corpus_embeddings
     from retriever_forge.encoding import encode
     from retriever_forge.evaluation import bm25_run, dense_run, qrels_dict, score_run
@@ -82,14 +79,14 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
     from retriever_forge.resources import ArtifactStoreResource, EncoderResource
 
     store = ArtifactStore(str(home))
-    corpus = store.read_table(read_pointer(home, "corpus", partition))
-    queries = store.read_table(read_pointer(home, "eval_queries", partition))
-    qrels = qrels_dict(store.read_table(read_pointer(home, "eval_qrels", partition)))
+    corpus = store.read_table(store.read_pointer("corpus", partition))
+    queries = store.read_table(store.read_pointer("eval_queries", partition))
+    qrels = qrels_dict(store.read_table(store.read_pointer("eval_qrels", partition)))
     resource, scratch = EncoderResource(), ArtifactStoreResource().scratch("embeddings")
     ids, texts, doc_ids = queries["query_id"].to_list(), queries["text"].to_list(), corpus["doc_id"].to_list()
     bm25 = bm25_run(corpus, queries, k=depth)
     rows = []
-    for system, model in (("rrf-base", None), ("rrf-fine-tuned", str(store.local_path(read_pointer(home, "fine_tuned_encoder", partition))))):
+    for system, model in (("rrf-base", None), ("rrf-fine-tuned", str(store.local_path(store.read_pointer("fine_tuned_encoder", partition))))):
         enc = resource.load(model)
         emb = np.asarray(_corpus_embeddings(enc, corpus, scratch, resource.batch_size))
         dense = dense_run(encode(enc, texts), emb, ids, doc_ids, k=depth)
@@ -140,16 +137,23 @@ def main() -> int:
         asset, _, field = key.partition(".")
         run_config["ops"].setdefault(asset, {}).setdefault("config", {})[field] = parse_value(value)
 
+    from retriever_forge.assets.common import sync_dataset_partitions
+
+    instance = dg.DagsterInstance.ephemeral()
+    sync_dataset_partitions(instance)
     t0 = time.perf_counter()
     result = defs.resolve_job_def("adapt_retriever").execute_in_process(
-        partition_key=name, run_config=run_config, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+        partition_key=name, run_config=run_config, instance=instance, raise_on_error=False
     )
     total = time.perf_counter() - t0
     if not result.success:
         print("pipeline failed; see the log above", file=sys.stderr)
         return 1
-    board = json.loads((home / "scoreboards" / f"{name}.json").read_text())
-    training = training_facts(home, name)
+    from retriever_forge.artifacts import ArtifactStore
+
+    store = ArtifactStore(str(home))
+    board = store.read_scoreboard(name)
+    training = training_facts(store, name)
     for row in board["systems"]:
         if row["judgments"] != "human":
             print(f"{folder}: no human judgments for split {args.split!r}; scores would be synthetic", file=sys.stderr)

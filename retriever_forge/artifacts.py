@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import logging
@@ -83,23 +84,14 @@ class ArtifactRef:
         return cls(**json.loads(text))
 
 
-def pointer_path(home: str | os.PathLike, asset: str, partition: str) -> Path:
-    """Where the latest materialization of ``asset`` for ``partition`` is recorded: a small JSON
-    :class:`ArtifactRef` under ``<home>/refs/`` (written by the Dagster IO manager).
+def read_pointer(store: ArtifactStore | str | os.PathLike, asset: str, partition: str) -> ArtifactRef:
+    """The :class:`ArtifactRef` that ``asset``'s latest materialization for ``partition`` published.
 
-    Example:
-        >>> pointer_path("/tmp/forge", "corpus", "cacm").as_posix()
-        '/tmp/forge/refs/corpus/cacm.json'
+    ``store`` is an :class:`ArtifactStore` or its root (a folder or an fsspec URL); the pointer is
+    read from the same filesystem as the artifacts (see :meth:`ArtifactStore.pointer_path`).
     """
-    return Path(home) / "refs" / asset / f"{partition}.json"
-
-
-def read_pointer(home: str | os.PathLike, asset: str, partition: str) -> ArtifactRef:
-    """The :class:`ArtifactRef` that ``asset``'s latest materialization for ``partition`` published."""
-    path = pointer_path(home, asset, partition)
-    if not path.exists():
-        raise KeyError(f"no materialization of {asset!r} for partition {partition!r} ({path})")
-    return ArtifactRef.from_json(path.read_text())
+    store = store if isinstance(store, ArtifactStore) else ArtifactStore(store)
+    return store.read_pointer(asset, partition)
 
 
 class ArtifactStore:
@@ -127,6 +119,71 @@ class ArtifactStore:
 
     def exists(self, ref: ArtifactRef) -> bool:
         return self.fs.exists(ref.payload_uri)
+
+    # ------------------------------------------------------------------ named, replaceable documents
+    # The only mutable files: which artifact is the latest per (asset, partition), and the latest
+    # scoreboard per dataset. They live on the store's filesystem beside the artifacts, so every
+    # process and machine that can read the artifacts sees the same ones.
+
+    def pointer_path(self, asset: str, partition: str) -> str:
+        """Where the latest materialization of ``asset`` for ``partition`` is recorded: a small JSON
+        :class:`ArtifactRef` under ``<root>/refs/`` (written by the Dagster IO manager).
+
+        Example:
+            >>> ArtifactStore("memory://forge").pointer_path("corpus", "cacm")
+            '/forge/refs/corpus/cacm.json'
+        """
+        return self._named_path("refs", asset, f"{partition}.json")
+
+    def write_pointer(self, asset: str, partition: str, ref: ArtifactRef) -> None:
+        self.write_text(self.pointer_path(asset, partition), ref.to_json())
+
+    def read_pointer(self, asset: str, partition: str) -> ArtifactRef:
+        path = self.pointer_path(asset, partition)
+        try:
+            return ArtifactRef.from_json(self.read_text(path))
+        except FileNotFoundError:
+            raise KeyError(f"no materialization of {asset!r} for partition {partition!r} ({self._url(path)})") from None
+
+    def scoreboard_path(self, dataset: str, suffix: str = "md") -> str:
+        """The latest scoreboard of ``dataset`` (``md`` for people, ``json`` for programs)."""
+        return self._named_path("scoreboards", f"{dataset}.{suffix}")
+
+    def read_scoreboard(self, dataset: str) -> dict | None:
+        """The latest scoreboard record of ``dataset`` (``None`` before its first benchmark)."""
+        try:
+            return json.loads(self.read_text(self.scoreboard_path(dataset, "json")))
+        except FileNotFoundError:
+            return None
+
+    def write_text(self, path: str, text: str) -> None:
+        """Replace the document at ``path`` (a path from this store) whole: readers see the old
+        or the new text, never a part (a rename on a local disk, a single PUT on object stores)."""
+        if not self.is_local:
+            self.fs.pipe_file(path, text.encode())
+            return
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path).with_name(f".{Path(path).name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    def read_text(self, path: str) -> str:
+        """Raises ``FileNotFoundError`` when there is no document at ``path``."""
+        with self.fs.open(path, "r") as f:
+            return f.read()
+
+    def url(self, path: str) -> str:
+        """``path`` as a URL a person (or ``fsspec.open``) can use: the protocol is kept for remote stores."""
+        return self._url(path)
+
+    def _url(self, path: str) -> str:
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def _named_path(self, *parts: str) -> str:
+        for part in parts:  # an asset key may have a prefix ("a/b"); no segment may climb out
+            if any(not seg or seg.startswith(".") for seg in part.split("/")):
+                raise ArtifactError(f"name {part!r} may not be empty or have a segment that starts with '.'")
+        return "/".join((self._root_path, *parts))
 
     # ------------------------------------------------------------------ writing
 
@@ -289,8 +346,18 @@ class ArtifactStore:
         return [(r, m) for r, m in self.iter_refs() if r.hash.startswith(content_hash_prefix)]
 
     def rehash(self, ref: ArtifactRef) -> str:
-        """Recompute an artifact's content hash from the bytes on storage."""
-        path = self.local_path(ref) if not self.is_local else Path(ref.payload_uri)
-        if ref.format == "folder":
-            return hash_tree(path)
-        return hash_file(path)
+        """Recompute an artifact's content hash from the bytes on storage (for a remote store, read
+        afresh from the store, never from the local cache, which would hide a changed object)."""
+        if self.is_local:
+            path = Path(ref.payload_uri)
+            return hash_tree(path) if ref.format == "folder" else hash_file(path)
+        if ref.format != "folder":
+            h = hashlib.sha256()
+            with self.fs.open(ref.payload_uri, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            return h.hexdigest()
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / ref.payload
+            self.fs.get(ref.payload_uri, str(local), recursive=True)
+            return hash_tree(local)

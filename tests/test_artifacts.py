@@ -93,3 +93,48 @@ def test_any_fsspec_url_works_as_root(tmp_path):
     (model / "model.safetensors").write_bytes(b"w")
     folder_ref = store.put_folder(model, "fine_tuned_encoder")
     assert (store.local_path(folder_ref) / "model.safetensors").read_bytes() == b"w"
+
+
+def test_pointers_and_scoreboards_live_on_the_store_filesystem(tmp_path, monkeypatch):
+    """The IO manager's pointers, the scoreboards, and `trace`/`verify` all follow the store's
+    root: with a non-local root nothing lands on the local disk (the bug: pointers went to a local
+    folder, so a step in another pod could not find its upstream)."""
+    import dagster as dg
+
+    from retriever_forge.cli import main
+    from retriever_forge.resources import ArtifactStoreResource, artifact_ref_io_manager
+
+    monkeypatch.chdir(tmp_path)
+    root = "memory://pointer-test"
+    store = ArtifactStore(root, cache_dir=tmp_path / "cache")
+
+    @dg.asset(io_manager_key="artifact_io", partitions_def=dg.StaticPartitionsDefinition(["p1"]))
+    def upstream_table(artifact_store: ArtifactStoreResource):
+        s = artifact_store.get_store()
+        ref = s.put_table(pl.DataFrame({"x": [1, 2]}), "upstream_table")
+        s.write_manifest(ref, build_manifest(ref, asset="upstream_table", upstream={}, partition="p1"))
+        return ref
+
+    @dg.asset(io_manager_key="artifact_io", partitions_def=dg.StaticPartitionsDefinition(["p1"]))
+    def downstream_table(artifact_store: ArtifactStoreResource, upstream_table):
+        s = artifact_store.get_store()
+        df = s.read_table(upstream_table).with_columns(y=pl.col("x") * 10)
+        ref = s.put_table(df, "downstream_table")
+        s.write_manifest(ref, build_manifest(ref, asset="downstream_table", upstream={"upstream_table": upstream_table}))
+        return ref
+
+    resources = {"artifact_store": ArtifactStoreResource(root=root, work_dir=str(tmp_path / "work")), "artifact_io": artifact_ref_io_manager}
+    assert dg.materialize([upstream_table, downstream_table], partition_key="p1", resources=resources).success
+    down = store.read_pointer("downstream_table", "p1")
+    assert store.read_table(down)["y"].to_list() == [10, 20]
+    assert store.fs.exists("/pointer-test/refs/upstream_table/p1.json")
+    with pytest.raises(KeyError, match="no materialization of 'corpus'"):
+        store.read_pointer("corpus", "p1")
+    store.write_text(store.scoreboard_path("p1", "json"), '{"dataset": "p1", "systems": []}')
+    assert store.read_scoreboard("p1") == {"dataset": "p1", "systems": []} and store.read_scoreboard("p2") is None
+    assert main(["trace", "downstream_table", "p1", "--home", root]) == 0
+    assert main(["verify", "--home", root]) == 0
+    assert not list(tmp_path.rglob("*.json"))  # no pointer, manifest or scoreboard on the local disk
+    for bad in ("..", ".hidden", ""):
+        with pytest.raises(ArtifactError):
+            store.pointer_path(bad, "p1")

@@ -10,8 +10,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from retriever_forge.artifacts import ArtifactRef
-from retriever_forge.assets.common import CODE_VERSION, dataset_partitions, dataset_spec, effective_config, publish, timed
+from retriever_forge.artifacts import ArtifactRef, ArtifactStore
+from retriever_forge.assets.common import CODE_VERSION, GPU_POOL, dataset_partitions, dataset_spec, effective_config, publish, timed
 from retriever_forge.assets.generation import _corpus_embeddings
 from retriever_forge.assets.training import judge_verdict
 from retriever_forge.encoding import encode_queries
@@ -36,6 +36,7 @@ class BenchmarkConfig(dg.Config):
     group_name="evaluation",
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
+    pool=GPU_POOL,
     kinds={"faiss"},
 )
 def corpus_index(
@@ -98,6 +99,7 @@ def published_weights(store, fine_tuned_encoder: ArtifactRef) -> str:
     group_name="evaluation",
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
+    pool=GPU_POOL,
     kinds={"polars"},
     check_specs=[
         dg.AssetCheckSpec("fine_tuned_not_worse", asset="benchmark_scores",
@@ -157,8 +159,7 @@ def benchmark_scores(
     judge = {k: v for k, v in judge_verdict(store, relevance_judgments).items() if k in ("auc", "pairs", "used")}
     weights = published_weights(store, fine_tuned_encoder)
     markdown = scoreboard_markdown(rows, judged_by) + "\n\n" + scoreboard_notes(judge, weights)
-    scoreboard_path = _write_scoreboard(artifact_store, spec.name, rows, markdown, ref,
-                                        extra={"judge": judge, "published_weights": weights})  # fmt: skip
+    scoreboard_path = _write_scoreboard(store, spec.name, rows, markdown, ref, extra={"judge": judge, "published_weights": weights})
     by_system = {r["system"]: r for r in rows}
     yield publish(
         context, store, ref, asset="benchmark_scores",
@@ -169,7 +170,7 @@ def benchmark_scores(
                 "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": fine_tuned_encoder.hash}},
         metadata={"scoreboard": dg.MetadataValue.md(markdown), "judgments": judged_by,
                   "judge": dg.MetadataValue.json(judge), "published_weights": weights,
-                  "scoreboard_file": dg.MetadataValue.path(str(scoreboard_path)),
+                  "scoreboard_file": dg.MetadataValue.path(scoreboard_path),
                   **{f"ndcg_cut_10/{s}": r["ndcg_cut_10"] for s, r in by_system.items()}},
         with_trace=True,
     )  # fmt: skip
@@ -189,13 +190,10 @@ def scoreboard_notes(judge: dict, weights: str) -> str:
     return "\n".join(lines)
 
 
-def _write_scoreboard(
-    artifact_store: ArtifactStoreResource, dataset: str, rows: list[dict], markdown: str, ref: ArtifactRef, extra: dict | None = None
-) -> Path:
-    """A human-findable copy of the latest scoreboard per dataset (the artifact itself is immutable)."""
-    folder = artifact_store.scoreboard_dir()
-    (folder / f"{dataset}.md").write_text(f"# {dataset}\n\n{markdown}\n\nArtifact: `{ref.hash}`\n")
-    board = {"dataset": dataset, "artifact_hash": ref.hash, "systems": rows, **(extra or {})}
-    (folder / f"{dataset}.json").write_text(json.dumps(board, indent=1))
-    return folder / f"{dataset}.md"
-
+def _write_scoreboard(store: ArtifactStore, dataset: str, rows: list[dict], markdown: str, ref: ArtifactRef, extra: dict | None = None) -> str:
+    """A human-findable copy of the latest scoreboard per dataset (the artifact itself is immutable),
+    in the artifact store beside the artifacts; returns the Markdown copy's URL."""
+    store.write_text(store.scoreboard_path(dataset, "md"), f"# {dataset}\n\n{markdown}\n\nArtifact: `{ref.hash}`\n")
+    record = {"dataset": dataset, "artifact_hash": ref.hash, "systems": rows, **(extra or {})}
+    store.write_text(store.scoreboard_path(dataset, "json"), json.dumps(record, indent=1))
+    return store.url(store.scoreboard_path(dataset, "md"))

@@ -13,10 +13,14 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from retriever_forge.artifacts import ArtifactRef, ArtifactStore, pointer_path
+from retriever_forge.artifacts import ArtifactRef, ArtifactStore
 from retriever_forge.datasets import PROJECT_ROOT
 
 DEFAULT_HOME = os.environ.get("RETRIEVER_FORGE_HOME", str(PROJECT_ROOT / ".forge"))
+# Scratch space is always on a local disk: beside a local store, else in the user's cache folder.
+DEFAULT_WORK_DIR = os.environ.get("RETRIEVER_FORGE_WORK_DIR") or (
+    str(Path(DEFAULT_HOME) / "work") if "://" not in DEFAULT_HOME else str(Path.home() / ".cache" / "retriever-forge" / "work")
+)
 
 
 class ArtifactStoreResource(dg.ConfigurableResource):
@@ -24,18 +28,12 @@ class ArtifactStoreResource(dg.ConfigurableResource):
 
     root: str = Field(default=DEFAULT_HOME, description="Local folder or fsspec URL of the artifact store.")
     work_dir: str = Field(
-        default=str(Path(DEFAULT_HOME) / "work"),
+        default=DEFAULT_WORK_DIR,
         description="Local scratch folder (training checkpoints, caches); must be on a local disk.",
     )
 
     def get_store(self) -> ArtifactStore:
         return ArtifactStore(self.root, cache_dir=Path(self.work_dir) / "artifact-cache")
-
-    def scoreboard_dir(self) -> Path:
-        """Latest scoreboard per dataset, as plain files a person can open (beside the work dir)."""
-        path = Path(self.work_dir).resolve().parent / "scoreboards"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
     def scratch(self, *parts: str) -> Path:
         """A folder under ``work_dir``; parts that would lead outside it (``..``, absolute) are refused."""
@@ -113,29 +111,33 @@ class EncoderResource(dg.ConfigurableResource):
         return load_encoder(name_or_path or self.model, device=self.device, max_seq_length=self.max_seq_length)
 
 
-class ArtifactRefIOManager(dg.ConfigurableIOManager):
+class ArtifactRefIOManager(dg.IOManager):
     """Persists each asset's :class:`ArtifactRef` (a small JSON pointer), not the data.
 
-    The data itself is already in the write-once artifact store; the pointer file per
-    (asset, partition) is the only thing that is replaced on re-materialisation.
+    The data itself is already in the write-once artifact store; the pointer per (asset,
+    partition) is the only thing that is replaced on re-materialisation. Pointers live in the
+    same store as the artifacts (:meth:`ArtifactStore.pointer_path`), so a step in another
+    process or pod finds its upstream wherever the store is (a folder, ``s3://…``).
     """
 
-    root: str = Field(default=DEFAULT_HOME)
-
-    def _path(self, context) -> Path:
-        key = "/".join(context.asset_key.path)
-        partition = context.partition_key if context.has_partition_key else "__all__"
-        return pointer_path(self.root, key, partition)
+    def __init__(self, store: ArtifactStore):
+        self.store = store
 
     def handle_output(self, context: dg.OutputContext, obj: ArtifactRef) -> None:
-        path = self._path(context)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(obj.to_json())
-        tmp.replace(path)
+        partition = context.partition_key if context.has_partition_key else "__all__"
+        self.store.write_pointer("/".join(context.asset_key.path), partition, obj)
 
     def load_input(self, context: dg.InputContext) -> ArtifactRef:
-        path = self._path(context.upstream_output)
-        if not path.exists():
-            raise FileNotFoundError(f"{'/'.join(context.asset_key.path)}: not materialised yet for this partition ({path})")
-        return ArtifactRef.from_json(path.read_text())
+        asset = "/".join(context.asset_key.path)
+        partition = context.asset_partition_key if context.has_asset_partitions else "__all__"
+        try:
+            return self.store.read_pointer(asset, partition)
+        except KeyError as e:
+            raise FileNotFoundError(f"{asset}: not materialised yet for this partition ({e.args[0]})") from None
+
+
+@dg.io_manager(required_resource_keys={"artifact_store"},
+               description="Stores each asset's ArtifactRef pointer in the configured artifact store.")  # fmt: skip
+def artifact_ref_io_manager(init_context) -> ArtifactRefIOManager:
+    """The :class:`ArtifactRefIOManager` of the run's ``artifact_store`` resource (one store, one config)."""
+    return ArtifactRefIOManager(init_context.resources.artifact_store.get_store())
