@@ -156,6 +156,12 @@ class ArtifactStore:
         except FileNotFoundError:
             return None
 
+    def iter_scoreboards(self):
+        """Every dataset's latest scoreboard record."""
+        for path in sorted(self.fs.glob(self._named_path("scoreboards", "*.json"))):
+            with self.fs.open(path, "r") as f:
+                yield json.load(f)
+
     def write_text(self, path: str, text: str) -> None:
         """Replace the document at ``path`` (a path from this store) whole: readers see the old
         or the new text, never a part (a rename on a local disk, a single PUT on object stores)."""

@@ -12,6 +12,8 @@ Examples::
     retriever-forge diff 3f9a1c 77b2e0          # why two artifacts of one asset differ
     retriever-forge lineage export benchmark_scores demo --format openlineage --out events.jsonl
     retriever-forge model-card benchmark_scores demo --out model/   # the model, its card with the scoreboard
+    retriever-forge datasets add notes --files data/notes.jsonl --text-field body
+    retriever-forge datasets list
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def _home(args) -> str:
 
 
 def _store(args=None):
+    """The artifact store: ``--home`` or ``$RETRIEVER_FORGE_HOME``, a folder or an fsspec URL (``s3://bucket/forge``)."""
     from retriever_forge.artifacts import ArtifactStore
 
     return ArtifactStore(_home(args))
@@ -62,32 +65,33 @@ def cmd_run(args) -> int:
         from retriever_forge.budget import with_budget
 
         with_budget(run_config, args.budget)
-    job = defs.resolve_job_def(args.job)
-    if args.dataset not in job.partitions_def.get_partition_keys():
-        print(f"unknown dataset {args.dataset!r}; datasets file lists: {job.partitions_def.get_partition_keys()}", file=sys.stderr)
+    from retriever_forge.assets.common import sync_dataset_partitions
+    from retriever_forge.datasets import load_registry
+
+    registry = load_registry()
+    if args.dataset not in registry:
+        print(f"unknown dataset {args.dataset!r}; datasets file lists: {sorted(registry)}", file=sys.stderr)
         return 2
-    result = job.execute_in_process(
-        partition_key=args.dataset, run_config=run_config, instance=dg.DagsterInstance.get(), raise_on_error=False
-    )
+    instance = dg.DagsterInstance.get()
+    sync_dataset_partitions(instance, registry)
+    job = defs.resolve_job_def(args.job)
+    result = job.execute_in_process(partition_key=args.dataset, run_config=run_config, instance=instance, raise_on_error=False)
     if not result.success:
         print(f"run {result.run_id} failed; see the Dagster UI or the log above", file=sys.stderr)
         return 1
-    from retriever_forge.resources import ArtifactStoreResource
-
-    board = ArtifactStoreResource().scoreboard_dir() / f"{args.dataset}.md"
-    if board.exists():
-        print("\n" + board.read_text())
-        print(f"Scoreboard: {board}")
+    store = _store()
+    board = store.scoreboard_path(args.dataset, "md")
+    if store.fs.exists(board):
+        print("\n" + store.read_text(board))
+        print(f"Scoreboard: {store.url(board)}")
     print(f"Run {result.run_id} succeeded. Artifacts: {_store().root}")
     return 0
 
 
-def _resolve_target(home: str, target: list[str]) -> str:
-    from retriever_forge.artifacts import read_pointer
-
+def _resolve_target(store, target: list[str]) -> str:
     if len(target) <= 2 and not all(c in "0123456789abcdef" for c in target[0]):
         asset, partition = target[0], (target[1] if len(target) > 1 else "demo")
-        return read_pointer(home, asset, partition).hash
+        return store.read_pointer(asset, partition).hash
     return target[0]
 
 
@@ -96,7 +100,7 @@ def cmd_trace(args) -> int:
 
     store = _store(args)
     try:
-        tree = trace(store, _resolve_target(_home(args), args.target))
+        tree = trace(store, _resolve_target(store, args.target))
     except KeyError as e:
         print(f"trace: {e.args[0]}", file=sys.stderr)
         return 2
@@ -107,7 +111,8 @@ def cmd_trace(args) -> int:
 def cmd_verify(args) -> int:
     from retriever_forge.provenance import verify
 
-    results = verify(_store(args))
+    store = _store(args)
+    results = verify(store)
     bad = [r for r in results if not r["ok"]]
     if args.json:
         print(json.dumps(results, indent=1))
@@ -115,20 +120,15 @@ def cmd_verify(args) -> int:
         for r in bad:
             print(f"MISMATCH {r['asset']} {r['hash'][:16]} -> {str(r['actual'])[:16]} at {r['path']}")
         print(f"{len(results) - len(bad)} artifacts ok, {len(bad)} corrupted or missing")
-        partial = _store(args).partial_writes()
+        partial = store.partial_writes()
         if partial:  # left by killed writers; never read as artifacts
             print(f"{len(partial)} unfinished writes (hidden temporary files of killed runs; safe to delete), e.g. {partial[0]}")
     return 1 if bad else 0
 
 
-def _scoreboard_rows(home: str, scores_hash: str) -> list[dict] | None:
-    """The published scoreboard file's rows for this benchmark artifact (extra fields such as significance)."""
-    board = Path(home) / "scoreboards"
-    for f in sorted(board.glob("*.json")) if board.is_dir() else []:
-        data = json.loads(f.read_text())
-        if data.get("artifact_hash") == scores_hash:
-            return data.get("systems")
-    return None
+def _scoreboard_rows(store, scores_hash: str) -> list[dict] | None:
+    """The published scoreboard's rows for this benchmark artifact (extra fields such as significance)."""
+    return next((b.get("systems") for b in store.iter_scoreboards() if b.get("artifact_hash") == scores_hash), None)
 
 
 def cmd_model_card(args) -> int:
@@ -139,9 +139,9 @@ def cmd_model_card(args) -> int:
     from retriever_forge.model_card import write_model_card
     from retriever_forge.provenance import resolve
 
-    store, home = _store(args), _home(args)
+    store = _store(args)
     try:
-        scores_ref, scores = resolve(store, _resolve_target(home, args.target))
+        scores_ref, scores = resolve(store, _resolve_target(store, args.target))
         if scores.get("asset") != "benchmark_scores":
             raise KeyError(f"{args.target}: a benchmark_scores artifact is needed (it names the model it scored), not {scores.get('asset')}")
         model_ref, model = resolve(store, scores["upstream"]["fine_tuned_encoder"]["hash"])
@@ -157,7 +157,7 @@ def cmd_model_card(args) -> int:
         print(f"model-card: {out} exists and is not empty", file=sys.stderr)
         return 2
     shutil.copytree(store.local_path(model_ref), out, dirs_exist_ok=True)
-    rows = scoreboard(store, scores_ref, _scoreboard_rows(home, scores_ref.hash))
+    rows = scoreboard(store, scores_ref, _scoreboard_rows(store, scores_ref.hash))
     judged = (rows or [{}])[0].get("judgments")
     lineage = dict(facts.get("lineage") or {})
     lineage["artifacts"] = {**(lineage.get("artifacts") or {}), "fine_tuned_encoder": {"hash": model_ref.hash},
@@ -172,9 +172,9 @@ def cmd_audit(args) -> int:
     from retriever_forge.assets.run_records import asset_check_results, config_defaults, instance_from_env
     from retriever_forge.audit import audit_html, audit_markdown, build_audit, lineage_graph
 
-    store, home = _store(args), _home(args)
+    store = _store(args)
     try:
-        target = _resolve_target(home, args.target)
+        target = _resolve_target(store, args.target)
         run_ids = {n["manifest"].get("run_id") for n in lineage_graph(store, target).values()}
     except KeyError as e:
         print(f"audit: {e.args[0]}", file=sys.stderr)
@@ -186,7 +186,7 @@ def cmd_audit(args) -> int:
         if not checks:
             note = f"{note}: it holds no asset check results for the {len(run_ids)} run(s) of this lineage (were they run on another instance?)"
     report = build_audit(store, target, config_defaults=config_defaults(), check_results=checks, checks_note=note,
-                         scoreboard_extra=_scoreboard_rows(home, target))  # fmt: skip
+                         scoreboard_extra=_scoreboard_rows(store, target))  # fmt: skip
     text = audit_markdown(report) if args.format == "md" else audit_html(report)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
@@ -203,11 +203,11 @@ def cmd_diff(args) -> int:
     """The first points where two artifacts' lineages diverge, and the score deltas."""
     from retriever_forge.lineage_diff import diff_lineages, diff_text
 
-    home = _home(args)
+    store = _store(args)
     try:
         # "asset/partition" names the latest materialization; anything else is a hash prefix.
-        a, b = (_resolve_target(home, t.split("/", 1)) if "/" in t else t for t in (args.a, args.b))
-        result = diff_lineages(_store(args), a, b)
+        a, b = (_resolve_target(store, t.split("/", 1)) if "/" in t else t for t in (args.a, args.b))
+        result = diff_lineages(store, a, b)
     except (KeyError, ValueError) as e:
         print(f"diff: {e.args[0]}", file=sys.stderr)
         return 2
@@ -224,7 +224,7 @@ def cmd_lineage_export(args) -> int:
     store = _store(args)
     try:
         if args.target:
-            graph = lineage_graph(store, _resolve_target(_home(args), args.target))
+            graph = lineage_graph(store, _resolve_target(store, args.target))
             items = [(graph[h]["ref"], graph[h]["manifest"]) for h in topological(graph)]
         else:
             items = sorted(store.iter_refs(), key=lambda rm: (rm[1].get("finished_at") or "", rm[1].get("asset") or ""))
@@ -246,6 +246,66 @@ def cmd_lineage_export(args) -> int:
     return 0
 
 
+def cmd_datasets(args) -> int:
+    """``datasets add|list|remove``: edit the datasets file and register the partition at once."""
+    _dagster_home()
+    import dagster as dg
+
+    from retriever_forge.assets.common import DATASET_PARTITIONS
+    from retriever_forge.datasets import DatasetError, DatasetSpec, add_dataset, datasets_file, load_registry, remove_dataset
+    from retriever_forge.fingerprint import check_readable
+
+    instance = dg.DagsterInstance.get()
+    try:
+        if args.action == "add":
+            entry = _dataset_entry(args)
+            if entry["source"] != "ir_datasets":  # a typo in a path is refused now, not found at night
+                check_readable(DatasetSpec(name=args.name, **entry))
+            spec = add_dataset(args.name, entry)
+            if not instance.has_dynamic_partition(DATASET_PARTITIONS, spec.name):
+                instance.add_dynamic_partitions(DATASET_PARTITIONS, [spec.name])
+            print(f"added dataset {spec.name!r} ({spec.source}) to {datasets_file()}; partition registered")
+        elif args.action == "remove":
+            remove_dataset(args.name)
+            if instance.has_dynamic_partition(DATASET_PARTITIONS, args.name):
+                instance.delete_dynamic_partition(DATASET_PARTITIONS, args.name)
+            print(f"removed dataset {args.name!r} from {datasets_file()} (its artifacts stay in the store)")
+        else:
+            registered = set(instance.get_dynamic_partitions(DATASET_PARTITIONS))
+            for name, spec in sorted(load_registry().items()):
+                where = spec.path or spec.corpus or spec.id or spec.source
+                state = "ok"
+                try:
+                    if spec.source != "ir_datasets":  # an ir_datasets id is checked when observed (it may try a download)
+                        check_readable(spec)
+                except DatasetError as e:
+                    state = f"UNREADABLE: {str(e).splitlines()[0]}"
+                print(f"{name:<20} {spec.source:<12} {'registered' if name in registered else 'not registered':<15} {where}  {state}")
+    except DatasetError as e:
+        print(f"datasets {args.action}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _dataset_entry(args) -> dict:
+    if args.beir:
+        entry = {"source": "beir", "path": str(Path(args.beir).expanduser().resolve())}
+    elif args.files:
+        entry = {"source": "files", "corpus": str(Path(args.files[0]).expanduser().resolve())}
+        for key, value in zip(("queries", "qrels"), args.files[1:], strict=False):
+            entry[key] = str(Path(value).expanduser().resolve())
+        for key in ("id_field", "title_field", "text_field"):
+            if getattr(args, key):
+                entry[key] = getattr(args, key)
+    else:
+        entry = {"source": "ir_datasets", "id": args.ir_datasets}
+    if args.split:
+        entry["split"] = args.split
+    if args.description:
+        entry["description"] = args.description
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retriever-forge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -259,11 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     tr = sub.add_parser("trace", help="print an artifact's upstream lineage")
     tr.add_argument("target", nargs="+", help="artifact hash (prefix), or asset key [partition]")
     tr.add_argument("--json", action="store_true")
-    tr.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
+    tr.add_argument("--home", help="artifact store root, a folder or fsspec URL (default: $RETRIEVER_FORGE_HOME or .forge)")
     tr.set_defaults(func=cmd_trace)
     ve = sub.add_parser("verify", help="re-hash stored artifacts and report mismatches")
     ve.add_argument("--json", action="store_true")
-    ve.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
+    ve.add_argument("--home", help="artifact store root, a folder or fsspec URL (default: $RETRIEVER_FORGE_HOME or .forge)")
     ve.set_defaults(func=cmd_verify)
     au = sub.add_parser("audit", help="an auditor's report of an artifact: lineage graph, verification, prompts, samples, checks")
     au.add_argument("target", nargs="+", help="artifact hash (prefix), or asset key [partition]")
@@ -290,6 +350,23 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--out", help="write the JSON lines here (default: stdout)")
     ex.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
     ex.set_defaults(func=cmd_lineage_export)
+    ds = sub.add_parser("datasets", help="add, list or remove datasets (no code-location reload needed)")
+    ds_sub = ds.add_subparsers(dest="action", required=True)
+    add = ds_sub.add_parser("add", help="add a dataset to the datasets file and register its partition")
+    add.add_argument("name", help="dataset name (letters, digits, '_', '.', '-'); becomes the partition key")
+    source = add.add_mutually_exclusive_group(required=True)
+    source.add_argument("--beir", metavar="FOLDER", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
+    source.add_argument("--files", nargs="+", metavar="FILE", help="CORPUS [QUERIES [QRELS]] (.jsonl/.parquet; qrels .tsv/.jsonl)")
+    source.add_argument("--ir-datasets", metavar="ID", help="an ir_datasets id, e.g. beir/scifact/test (cached or downloadable)")
+    add.add_argument("--split", help="qrels split (default: test)")
+    add.add_argument("--id-field", help="files: the id field (default: _id)")
+    add.add_argument("--title-field", help="files: the title field (default: title)")
+    add.add_argument("--text-field", help="files: the text field (default: text)")
+    add.add_argument("--description", help="a line shown in `datasets list` and the UI")
+    rm = ds_sub.add_parser("remove", help="remove a dataset from the datasets file and delete its partition")
+    rm.add_argument("name")
+    ds_sub.add_parser("list", help="the datasets, whether each is registered and readable")
+    ds.set_defaults(func=cmd_datasets)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -161,6 +161,116 @@ def _is_url(s: str) -> bool:
     return "://" in s
 
 
+_ENTRY_RE = re.compile(r"^(?P<indent> *)(?P<name>[^\s#:][^:#]*?)\s*:")
+
+
+def add_dataset(name: str, entry: dict, path: str | os.PathLike | None = None) -> DatasetSpec:
+    """Add ``name`` with ``entry`` (``{"source": "beir", "path": ...}``) to the datasets file.
+
+    The file is edited as text, so its comments and the other entries stay as they are; the
+    result is parsed before it replaces the file, and a file that would not load is never
+    written. Raises :class:`DatasetError` when the name exists already or is not allowed.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "datasets.yaml"
+        >>> _ = f.write_text("# my datasets\\ndatasets:\\n  demo: {source: demo}\\n")
+        >>> add_dataset("notes", {"source": "files", "corpus": "/data/notes.jsonl"}, f).corpus
+        '/data/notes.jsonl'
+        >>> sorted(load_registry(f)), f.read_text().startswith("# my datasets")
+        (['demo', 'notes'], True)
+        >>> remove_dataset("demo", f); sorted(load_registry(f))
+        ['notes']
+    """
+    path = Path(path) if path else datasets_file()
+    try:  # the name and the fields are valid before the file is touched
+        DatasetSpec(name=name, **{k: v for k, v in entry.items() if k != "overrides"})
+    except TypeError as e:
+        raise DatasetError(f"{path}: dataset {name!r}: {e}") from e
+    text = path.read_text() if path.exists() else ""
+    registry = load_registry(path) if path.exists() else {}
+    if name in registry:
+        raise DatasetError(f"{path}: dataset {name!r} exists already (remove it first, or edit the file)")
+    lines = text.splitlines(keepends=True)
+    start, end, indent = _datasets_block(lines, path)
+    if start is None:  # no datasets: block yet
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines.append("datasets:\n")
+        start = end = len(lines)
+        indent = "  "
+    block = yaml.safe_dump({name: entry}, sort_keys=False, default_flow_style=False)
+    new = [indent + line if line.strip() else line for line in block.splitlines(keepends=True)]
+    if end > 0 and not lines[end - 1].endswith("\n"):
+        lines[end - 1] += "\n"
+    lines[end:end] = new
+    specs = _replace_checked(path, "".join(lines))
+    if name not in specs:
+        raise DatasetError(f"{path}: could not add dataset {name!r} (the file's layout is not one this command edits)")
+    return specs[name]
+
+
+def remove_dataset(name: str, path: str | os.PathLike | None = None) -> None:
+    """Remove ``name``'s entry (its lines, comments between other entries stay) from the datasets file."""
+    path = Path(path) if path else datasets_file()
+    if name not in load_registry(path):
+        raise DatasetError(f"{path}: no dataset {name!r} to remove")
+    lines = path.read_text().splitlines(keepends=True)
+    start, end, indent = _datasets_block(lines, path)
+    first = next((i for i in range(start or 0, end) if (m := _ENTRY_RE.match(lines[i])) and m["indent"] == indent
+                  and m["name"].strip("'\"") == name), None)  # fmt: skip
+    if first is None:
+        raise DatasetError(f"{path}: dataset {name!r} is not written as a plain entry under 'datasets:'; edit the file by hand")
+    last = first + 1
+    while last < end and (not lines[last].strip() or _indent_of(lines[last]) > len(indent)):
+        last += 1
+    while last > first + 1 and not lines[last - 1].strip():
+        last -= 1  # keep the blank lines that separate the next entry
+    del lines[first:last]
+    specs = _replace_checked(path, "".join(lines))
+    if name in specs:
+        raise DatasetError(f"{path}: could not remove dataset {name!r}; edit the file by hand")
+
+
+def _indent_of(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _datasets_block(lines: list[str], path: Path) -> tuple[int | None, int, str]:
+    """(first line after ``datasets:``, end of its block, the entries' indentation)."""
+    head = next((i for i, line in enumerate(lines) if re.match(r"^datasets\s*:\s*(#.*)?$", line.rstrip("\n"))), None)
+    if head is None:
+        if any(line.strip() and not line.lstrip().startswith("#") for line in lines):
+            raise DatasetError(f"{path}: has no top-level 'datasets:' mapping; add entries by hand")
+        return None, len(lines), "  "
+    end, indent = len(lines), None
+    for i in range(head + 1, len(lines)):
+        line = lines[i]
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if _indent_of(line) == 0:
+            end = i
+            break
+        indent = indent if indent is not None else " " * _indent_of(line)
+    while end > head + 1 and (not lines[end - 1].strip() or (lines[end - 1].lstrip().startswith("#") and _indent_of(lines[end - 1]) == 0)):
+        end -= 1  # a comment block before the next top-level key belongs to that key
+    return head + 1, end, indent or "  "
+
+
+def _replace_checked(path: Path, text: str) -> dict[str, DatasetSpec]:
+    """Write ``text`` to ``path`` if it loads as a datasets file (atomically: readers see old or new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    try:
+        specs = load_registry(tmp)
+    except DatasetError:
+        tmp.unlink()
+        raise
+    os.replace(tmp, path)
+    return specs
+
+
 # --------------------------------------------------------------------------- loading
 
 

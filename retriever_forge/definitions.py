@@ -6,22 +6,30 @@ import dagster as dg
 
 from retriever_forge.assets import ALL_ASSETS
 from retriever_forge.jobs import ALL_JOBS, ALL_SCHEDULES
+from retriever_forge.jobs.sensors import ALL_SENSORS
 from retriever_forge.resources import (
-    DEFAULT_HOME,
-    ArtifactRefIOManager,
     ArtifactStoreResource,
     EncoderResource,
     LLMResource,
+    artifact_ref_io_manager,
 )
 
-defs = dg.Definitions(
-    assets=ALL_ASSETS,
-    jobs=ALL_JOBS,
-    schedules=ALL_SCHEDULES,
-    resources={
-        "artifact_store": ArtifactStoreResource(),
-        "artifact_io": ArtifactRefIOManager(root=DEFAULT_HOME),
-        "llm": LLMResource(),
-        "encoder": EncoderResource(),
-    },
-)
+
+def build_definitions(**resources) -> dg.Definitions:
+    """The code location, with any of its resources replaced (e.g. a test-sized encoder)."""
+    return dg.Definitions(
+        assets=ALL_ASSETS,
+        jobs=ALL_JOBS,
+        schedules=ALL_SCHEDULES,
+        sensors=ALL_SENSORS,
+        resources={
+            "artifact_store": ArtifactStoreResource(),
+            "artifact_io": artifact_ref_io_manager,
+            "llm": LLMResource(),
+            "encoder": EncoderResource(),
+            **resources,
+        },
+    )
+
+
+defs = build_definitions()

@@ -129,3 +129,42 @@ def test_passage_text_joins_title_and_text():
 def test_shared_cacm_loads_with_judgments():
     ds = load_dataset(DatasetSpec(name="cacm", path=str(SHARED / "cacm")))
     assert ds.corpus.height == 3204 and ds.queries.height == 52 and ds.qrels.height == 796
+
+
+def test_add_and_remove_edit_the_project_datasets_file_keeping_comments_and_entries(tmp_path, tiny_beir):
+    from pathlib import Path
+
+    from retriever_forge.datasets import DEFAULT_DATASETS_FILE, add_dataset, remove_dataset
+
+    registry = tmp_path / "datasets.yaml"
+    original = Path(DEFAULT_DATASETS_FILE).read_text()
+    registry.write_text(original)
+    before = load_registry(registry)
+    spec = add_dataset("tiny", {"source": "beir", "path": str(tiny_beir), "description": "six passages"}, registry)
+    assert spec.path == str(tiny_beir) and load_dataset(spec).corpus.height == 6
+    after = load_registry(registry)
+    assert set(after) == set(before) | {"tiny"} and all(after[n] == before[n] for n in before)
+    assert registry.read_text().startswith(original.rstrip("\n"))  # comments and entries untouched
+    with pytest.raises(DatasetError, match="exists already"):
+        add_dataset("tiny", {"source": "demo"}, registry)
+    with pytest.raises(DatasetError, match="not allowed"):
+        add_dataset("../evil", {"source": "demo"}, registry)
+    with pytest.raises(DatasetError, match="unknown_key"):
+        add_dataset("typo", {"source": "demo", "unknown_key": 1}, registry)
+    remove_dataset("cacm", registry)
+    assert set(load_registry(registry)) == set(before) - {"cacm"} | {"tiny"}
+    assert "# Named datasets" in registry.read_text() and "msmarco-5k" in registry.read_text()
+    remove_dataset("tiny", registry)
+    remove_dataset("scifact", registry)
+    assert set(load_registry(registry)) == {"demo", "msmarco-5k"}
+    assert load_registry(registry)["demo"] == before["demo"]  # its overrides block survived its neighbours' removal
+    with pytest.raises(DatasetError, match="no dataset 'cacm'"):
+        remove_dataset("cacm", registry)
+
+
+def test_add_creates_a_missing_datasets_file(tmp_path):
+    from retriever_forge.datasets import add_dataset
+
+    registry = tmp_path / "sub" / "datasets.yaml"
+    add_dataset("demo", {"source": "demo", "max_documents": 20}, registry)
+    assert load_registry(registry)["demo"].max_documents == 20

@@ -6,11 +6,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from retriever_forge.artifacts import ArtifactRef, ArtifactStore
+from retriever_forge.artifacts import ArtifactStore
 from retriever_forge.assets import ALL_ASSETS
+from retriever_forge.assets.common import sync_dataset_partitions
 from retriever_forge.prompts import PROMPTS_DIR
 from retriever_forge.provenance import trace, verify
-from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, EncoderResource, LLMResource
+from retriever_forge.resources import ArtifactStoreResource, EncoderResource, LLMResource, artifact_ref_io_manager
 
 TINY_RUN = {
     "ops": {
@@ -25,7 +26,7 @@ TINY_RUN = {
 def _resources(home):
     return {
         "artifact_store": ArtifactStoreResource(root=str(home), work_dir=str(home / "work")),
-        "artifact_io": ArtifactRefIOManager(root=str(home)),
+        "artifact_io": artifact_ref_io_manager,
         "llm": LLMResource(batch_size=8),
         "encoder": EncoderResource(batch_size=32),
     }
@@ -36,13 +37,14 @@ def _materialize(home, instance, run_config=TINY_RUN):
 
 
 def _ref(home, asset):
-    return ArtifactRef.from_json((home / "refs" / asset / "demo.json").read_text())
+    return ArtifactStore(home).read_pointer(asset, "demo")
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("forge")
     instance = dg.DagsterInstance.ephemeral()
+    sync_dataset_partitions(instance)
     result = _materialize(home, instance)
     return home, instance, result
 
@@ -54,7 +56,7 @@ def test_full_graph_materializes_with_scores(first_run):
     store = ArtifactStore(home)
     scores = store.read_table(_ref(home, "benchmark_scores"))
     assert set(scores["system"]) == {"bm25", "base", "fine-tuned"}
-    board = json.loads((home / "scoreboards" / "demo.json").read_text())
+    board = store.read_scoreboard("demo")
     assert all(r["judgments"] == "synthetic" for r in board["systems"])
     # The judge checked itself (calibration pairs) and the scoreboard says whose weights were published.
     assert set(board["judge"]) == {"auc", "pairs", "used"} and board["judge"]["pairs"] > 0 and 0 <= board["judge"]["auc"] <= 1

@@ -1,5 +1,7 @@
 """The asset graph, per dataset partition::
 
+    dataset_source  (observed, not materialized: the data version is the files' content hash)
+      │
     corpus ─┬─> synthetic_queries ─> relevance_judgments ─> hard_negatives ─> training_examples
             ├─> eval_queries                                                        │
             └─> eval_qrels                     fine_tuned_encoder <─────────────────┘
@@ -11,14 +13,14 @@ Assets are thin: they read upstream artifacts, call the domain modules, write a 
 content-addressed artifact with its provenance manifest, and attach metadata and checks.
 """
 
-from retriever_forge.assets.data import corpus
+from retriever_forge.assets.common import changed_upstream_condition
+from retriever_forge.assets.data import corpus, dataset_source
 from retriever_forge.assets.evaluation import benchmark_scores, corpus_index
 from retriever_forge.assets.generation import relevance_judgments, synthetic_queries
 from retriever_forge.assets.lineage_hooks import openlineage_complete, openlineage_fail
 from retriever_forge.assets.training import fine_tuned_encoder, hard_negatives, training_examples
 
-# Every materialization reports COMPLETE/FAIL to OpenLineage when a transport is configured.
-ALL_ASSETS = [a.with_hooks({openlineage_complete, openlineage_fail}) for a in [
+_MATERIALIZED = [
     corpus,
     synthetic_queries,
     relevance_judgments,
@@ -27,6 +29,16 @@ ALL_ASSETS = [a.with_hooks({openlineage_complete, openlineage_fail}) for a in [
     fine_tuned_encoder,
     corpus_index,
     benchmark_scores,
-]]
+]
+
+
+def _nightly(asset):
+    """Every materialization reports COMPLETE/FAIL to OpenLineage when a transport is configured, and
+    carries the one automation condition (it acts only while `retriever_forge_automation` is on)."""
+    asset = asset.with_hooks({openlineage_complete, openlineage_fail})
+    return asset.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=changed_upstream_condition()))
+
+
+ALL_ASSETS = [dataset_source, *(_nightly(a) for a in _MATERIALIZED)]
 
 __all__ = ["ALL_ASSETS"]

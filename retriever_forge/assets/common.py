@@ -12,11 +12,61 @@ from retriever_forge.artifacts import ArtifactRef, ArtifactStore
 from retriever_forge.datasets import DatasetSpec, load_registry
 from retriever_forge.provenance import build_manifest, code_version, now, trace, trace_markdown
 
-# One partition per named dataset in datasets.yaml: adding a dataset needs no code change,
-# only a reload of the code location.
-DATASETS = load_registry()
-dataset_partitions = dg.StaticPartitionsDefinition(sorted(DATASETS))
+# One partition per named dataset in datasets.yaml. The partitions are dynamic (kept in the
+# Dagster instance, not in the code), so a new dataset is materializable without reloading the
+# code location: `retriever-forge datasets add` registers it at once, and the
+# `dataset_registry` sensor registers datasets added to (or removed from) the file by hand.
+DATASET_PARTITIONS = "datasets"
+dataset_partitions = dg.DynamicPartitionsDefinition(name=DATASET_PARTITIONS)
 CODE_VERSION = code_version()
+
+# Shared hardware as Dagster concurrency pools: every step that drives the LLM runs in the `llm`
+# pool and every step that runs the encoder on the accelerator in the `gpu` pool, so ten datasets
+# queue for one vLLM server and one GPU instead of oversubscribing them. The limits are set in
+# the instance (dagster.yaml `concurrency: pools: default_limit`, or `dagster instance
+# concurrency set gpu 1`); without a limit a pool does not restrict anything.
+LLM_POOL = "llm"
+GPU_POOL = "gpu"
+# LLM steps talk to a server that may be restarting or overloaded: retry them with backoff.
+# Their generations are cached durably, so a retry resumes where the failed attempt stopped.
+LLM_RETRY_POLICY = dg.RetryPolicy(max_retries=3, delay=20, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+def changed_upstream_condition() -> dg.AutomationCondition:
+    """Declarative automation for every asset: run a dataset's asset when an upstream asset's data
+    version changed (for the `dataset_source`: its files' content hash) or its own code version
+    changed, once every upstream is present and none is running.
+
+    It is Dagster's ``eager()`` with code-version changes added. Like ``eager()`` it reacts only to
+    changes seen between two evaluations (``since_last_handled``): partitions that were already
+    stale or missing when the automation sensor is first switched on are not launched in one
+    flood, and a sensor switched back on after a pause launches at most one run per changed
+    dataset. An unchanged night (same files, code and datasets-file entry) launches nothing.
+    """
+    A = dg.AutomationCondition
+    return (
+        (A.newly_missing() | A.any_deps_updated() | A.code_version_changed()).since_last_handled()
+        & ~A.any_deps_missing()
+        & ~A.any_deps_in_progress()
+        & ~A.in_progress()
+    ).with_label("changed_upstream")
+
+
+def registry_changes(instance: dg.DagsterInstance, registry: dict[str, DatasetSpec] | None = None) -> tuple[list[str], list[str]]:
+    """(datasets in the file but not yet partitions, partitions no longer in the file)."""
+    names = set(load_registry() if registry is None else registry)
+    known = set(instance.get_dynamic_partitions(DATASET_PARTITIONS))
+    return sorted(names - known), sorted(known - names)
+
+
+def sync_dataset_partitions(instance: dg.DagsterInstance, registry: dict[str, DatasetSpec] | None = None) -> tuple[list[str], list[str]]:
+    """Make the instance's dataset partitions those of the datasets file; returns (added, removed)."""
+    added, removed = registry_changes(instance, registry)
+    if added:
+        instance.add_dynamic_partitions(DATASET_PARTITIONS, added)
+    for name in removed:
+        instance.delete_dynamic_partition(DATASET_PARTITIONS, name)
+    return added, removed
 
 
 def dataset_spec(context: dg.AssetExecutionContext) -> DatasetSpec:

@@ -5,8 +5,17 @@ import dagster as dg
 import polars as pl
 
 from retriever_forge import schemas
-from retriever_forge.assets.common import CODE_VERSION, dataset_partitions, dataset_spec, markdown_table, publish, timed
-from retriever_forge.datasets import QUARANTINE, DatasetError, load_dataset
+from retriever_forge.assets.common import (
+    CODE_VERSION,
+    DATASET_PARTITIONS,
+    dataset_partitions,
+    dataset_spec,
+    markdown_table,
+    publish,
+    timed,
+)
+from retriever_forge.datasets import QUARANTINE, DatasetError, load_dataset, load_registry
+from retriever_forge.fingerprint import dataset_version, report_once
 from retriever_forge.provenance import build_manifest
 from retriever_forge.resources import ArtifactStoreResource
 
@@ -19,7 +28,34 @@ CHECKS = [
 ]  # fmt: skip
 
 
+@dg.observable_source_asset(
+    partitions_def=dataset_partitions,
+    group_name="data",
+    required_resource_keys={"artifact_store"},
+    description="What each dataset is read from (its files and its datasets-file entry). Observing it records a "
+                "data version, the content hash of the files; automation re-runs a dataset only when it changed.",
+)  # fmt: skip
+def dataset_source(context) -> dg.DataVersionsByPartition:
+    """One data version per registered dataset; a dataset that cannot be read gets none (so nothing
+    downstream is launched for it) and is reported in one line, once per distinct problem."""
+    work = context.resources.artifact_store.scratch("fingerprints")
+    registry = load_registry()
+    versions, problems = {}, {}
+    for name in context.instance.get_dynamic_partitions(DATASET_PARTITIONS):
+        if name not in registry:
+            continue  # removed from the file; the dataset_registry sensor deletes the partition
+        try:
+            versions[name] = dg.DataVersion(dataset_version(registry[name], work / "files.json"))
+        except DatasetError as e:
+            problems[name] = str(e).splitlines()[0]
+    for name, line in report_once(problems, work / "reported.json").items():
+        context.log.warning(f"dataset {name!r} cannot be read and is skipped until it changes: {line}")
+    context.log.info(f"observed {len(versions)} datasets" + (f"; {len(problems)} unreadable: {sorted(problems)}" if problems else ""))
+    return dg.DataVersionsByPartition(versions)
+
+
 @dg.multi_asset(
+    deps=[dataset_source],
     outs={
         "corpus": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars", "parquet"},
                               description="Passages of the dataset: doc_id, title, text."),

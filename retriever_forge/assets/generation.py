@@ -9,6 +9,8 @@ from pydantic import Field
 from retriever_forge.artifacts import ArtifactRef
 from retriever_forge.assets.common import (
     CODE_VERSION,
+    LLM_POOL,
+    LLM_RETRY_POLICY,
     dataset_partitions,
     dataset_spec,
     effective_config,
@@ -93,6 +95,8 @@ def _corpus_embeddings(encoder, corpus: pl.DataFrame, cache_dir, batch_size: int
     group_name="generation",
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
+    pool=LLM_POOL,
+    retry_policy=LLM_RETRY_POLICY,
     kinds={"polars", "llm"},
     check_specs=[
         dg.AssetCheckSpec("unparseable_share", asset="synthetic_queries", blocking=True),
@@ -215,6 +219,8 @@ def judgment_pairs(queries: pl.DataFrame, corpus: pl.DataFrame, corpus_emb: np.n
     group_name="generation",
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
+    pool=LLM_POOL,
+    retry_policy=LLM_RETRY_POLICY,
     kinds={"polars", "llm"},
     check_specs=[
         dg.AssetCheckSpec("judged_grade_distribution", asset="relevance_judgments",

@@ -11,6 +11,7 @@ from pydantic import Field
 from retriever_forge.artifacts import ArtifactRef
 from retriever_forge.assets.common import (
     CODE_VERSION,
+    GPU_POOL,
     dataset_partitions,
     dataset_spec,
     effective_config,
@@ -115,6 +116,7 @@ def _kept(store, ref) -> pl.DataFrame:
     group_name="training",
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
+    pool=GPU_POOL,
     kinds={"faiss", "polars"},
 )
 def hard_negatives(
@@ -220,6 +222,7 @@ def training_examples(
     group_name="training",
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
+    pool=GPU_POOL,
     kinds={"pytorch", "safetensors"},
     check_specs=[
         dg.AssetCheckSpec("training_loss_finite", asset="fine_tuned_encoder", blocking=True,

@@ -126,16 +126,19 @@ def test_policy_comes_from_the_datasets_file_and_is_validated(tmp_path):
 
 def _materialize_corpus(tmp_path, monkeypatch, spec_yaml: str):
     """Materialize only the corpus asset for partition 'cacm', which the datasets file redefines."""
+    from retriever_forge.assets.common import sync_dataset_partitions
     from retriever_forge.assets.data import corpus
-    from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource
+    from retriever_forge.resources import ArtifactStoreResource, artifact_ref_io_manager
 
     (tmp_path / "datasets.yaml").write_text(spec_yaml)
     monkeypatch.setenv("RETRIEVER_FORGE_DATASETS", str(tmp_path / "datasets.yaml"))
     home = tmp_path / "home"
+    instance = dg.DagsterInstance.ephemeral()
+    sync_dataset_partitions(instance)
     result = dg.materialize(
-        [corpus], partition_key="cacm", raise_on_error=False,
+        [corpus], partition_key="cacm", raise_on_error=False, instance=instance,
         resources={"artifact_store": ArtifactStoreResource(root=str(home), work_dir=str(home / "work")),
-                   "artifact_io": ArtifactRefIOManager(root=str(home))},
+                   "artifact_io": artifact_ref_io_manager},
     )  # fmt: skip
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     return result, checks, ArtifactStore(home)

@@ -26,17 +26,19 @@ SECRET = "sk-planted-7c1e9b04-do-not-leak"
 
 def _materialize_queries(home: Path, server_url: str, max_unparseable_share: float, instance):
     """corpus + synthetic_queries on the demo partition, generating through the OpenAI backend."""
+    from retriever_forge.assets.common import sync_dataset_partitions
     from retriever_forge.assets.data import corpus
     from retriever_forge.assets.generation import synthetic_queries
-    from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, EncoderResource, LLMResource
+    from retriever_forge.resources import ArtifactStoreResource, EncoderResource, LLMResource, artifact_ref_io_manager
 
+    sync_dataset_partitions(instance)  # the datasets file's names become the instance's partitions
     config = {"documents_to_sample": 16, "round_trip_k": None, "max_unparseable_share": max_unparseable_share}
     return dg.materialize(
         [corpus, synthetic_queries], partition_key="demo", instance=instance, raise_on_error=False,
         run_config={"ops": {"synthetic_queries": {"config": config}}},
         resources={
             "artifact_store": ArtifactStoreResource(root=str(home), work_dir=str(home / "work")),
-            "artifact_io": ArtifactRefIOManager(root=str(home)),
+            "artifact_io": artifact_ref_io_manager,
             "llm": LLMResource(backend="openai", base_url=server_url + "/v1", model=SERVED_MODEL, max_concurrency=2),
             "encoder": EncoderResource(),
             },
