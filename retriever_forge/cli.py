@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
         print(f"unknown dataset {args.dataset!r}; datasets file lists: {sorted(registry)}", file=sys.stderr)
         return 2
     instance = dg.DagsterInstance.get()
-    sync_dataset_partitions(instance, registry)
+    sync_dataset_partitions(instance, registry, remove=False)  # another datasets file must not drop the instance's partitions
     job = defs.resolve_job_def(args.job)
     result = job.execute_in_process(partition_key=args.dataset, run_config=run_config, instance=instance, raise_on_error=False)
     if not result.success:

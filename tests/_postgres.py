@@ -12,11 +12,12 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.conftest import free_port
 
 RUN_AS = "nobody"
 
@@ -42,12 +43,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def throwaway_postgres(db_name: str = "dagster"):
     """Yields a ``postgresql://`` URL of a fresh database on a fresh server; stops and removes it after."""
@@ -57,7 +52,7 @@ def throwaway_postgres(db_name: str = "dagster"):
     if os.geteuid() == 0:
         shutil.chown(root, RUN_AS)
     os.chmod(root, 0o755)
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"
     subprocess.run(_as_user([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                              "--no-sync"]), check=True, capture_output=True, text=True)  # fmt: skip

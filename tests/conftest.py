@@ -24,6 +24,15 @@ TINY_QUERIES = [{"_id": "q1", "text": "shortest path algorithm"}, {"_id": "q2", 
 TINY_QRELS = "query-id\tcorpus-id\tscore\nq1\td3\t2\nq2\td6\t1\n"
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for servers a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_beir(root: Path, corpus=TINY_CORPUS, queries=TINY_QUERIES, qrels=TINY_QRELS) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))

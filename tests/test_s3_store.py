@@ -18,6 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from tests.conftest import free_port
 from tests.test_automation import GRAPH
 from tests.test_daemon_postgres import TINY_OVERRIDES
 
@@ -25,17 +26,11 @@ pytestmark = pytest.mark.slow
 BUCKET = "forge-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3_server(monkeypatch):
     """A moto S3 server on 127.0.0.1; AWS_ENDPOINT_URL points every boto client (s3fs too) at it."""
     pytest.importorskip("s3fs")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -80,7 +75,7 @@ def test_whole_graph_multiprocess_on_s3_then_trace_and_verify(tmp_path, s3_serve
         monkeypatch.setenv(key, value)  # the step processes inherit these
     from tests import _test_location
 
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    with dg.instance_for_test() as instance:
         sync_dataset_partitions(instance)
         result = dg.execute_job(dg.reconstructable(_test_location.adapt_retriever_job), instance=instance,
                                 tags={"dagster/partition": "tiny"})  # fmt: skip

@@ -59,9 +59,15 @@ def registry_changes(instance: dg.DagsterInstance, registry: dict[str, DatasetSp
     return sorted(names - known), sorted(known - names)
 
 
-def sync_dataset_partitions(instance: dg.DagsterInstance, registry: dict[str, DatasetSpec] | None = None) -> tuple[list[str], list[str]]:
-    """Make the instance's dataset partitions those of the datasets file; returns (added, removed)."""
+def sync_dataset_partitions(
+    instance: dg.DagsterInstance, registry: dict[str, DatasetSpec] | None = None, remove: bool = True
+) -> tuple[list[str], list[str]]:
+    """Make the instance's dataset partitions those of the datasets file; returns (added, removed).
+
+    ``remove=False`` only adds (for one-off runs that may use another datasets file).
+    """
     added, removed = registry_changes(instance, registry)
+    removed = removed if remove else []
     if added:
         instance.add_dynamic_partitions(DATASET_PARTITIONS, added)
     for name in removed:
