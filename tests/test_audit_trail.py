@@ -10,6 +10,7 @@ import pytest
 
 from retriever_forge.artifacts import ArtifactStore, read_pointer
 from retriever_forge.assets import ALL_ASSETS
+from retriever_forge.assets.common import sync_dataset_partitions
 from retriever_forge.prompts import PROMPTS_DIR
 from tests.test_openlineage_events import validate_event
 from tests.test_pipeline import _resources
@@ -34,6 +35,7 @@ def two_runs(tmp_path_factory):
     template = home / "question.txt"
     template.write_text((PROMPTS_DIR / "queries" / "inpars_question_v1.txt").read_text())
     instance = dg.DagsterInstance.ephemeral()
+    sync_dataset_partitions(instance)
     events = home / "openlineage.jsonl"
     env = {"OPENLINEAGE__TRANSPORT__TYPE": "file", "OPENLINEAGE__TRANSPORT__LOG_FILE_PATH": str(events),
            "OPENLINEAGE__TRANSPORT__APPEND": "true"}  # fmt: skip

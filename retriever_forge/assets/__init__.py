@@ -20,7 +20,7 @@ from retriever_forge.assets.generation import relevance_judgments, synthetic_que
 from retriever_forge.assets.lineage_hooks import openlineage_complete, openlineage_fail
 from retriever_forge.assets.training import fine_tuned_encoder, hard_negatives, training_examples
 
-_MATERIALIZED = [
+_STAGES = [
     corpus,
     synthetic_queries,
     relevance_judgments,
@@ -39,6 +39,7 @@ def _nightly(asset):
     return asset.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=changed_upstream_condition()))
 
 
-ALL_ASSETS = [dataset_source, *(_nightly(a) for a in _MATERIALIZED)]
+MATERIALIZED_ASSETS = [_nightly(a) for a in _STAGES]
+ALL_ASSETS = [dataset_source, *MATERIALIZED_ASSETS]  # the observed source first, then what is materialized
 
-__all__ = ["ALL_ASSETS"]
+__all__ = ["ALL_ASSETS", "MATERIALIZED_ASSETS"]

@@ -46,11 +46,11 @@ def openlineage_fail(context: dg.HookContext) -> None:
     """FAIL events for the assets of a failed step, with the error."""
     if not ol.emission_configured():
         return
-    from retriever_forge.assets import ALL_ASSETS
+    from retriever_forge.assets import MATERIALIZED_ASSETS
 
     run = context.instance.get_run_by_id(context.run_id)
     partition = (run.tags if run else {}).get("dagster/partition")
-    keys = next((sorted(k.to_user_string() for k in a.keys) for a in ALL_ASSETS if a.op.name == context.op.name), [context.op.name])
+    keys = next((sorted(k.to_user_string() for k in a.keys) for a in MATERIALIZED_ASSETS if a.op.name == context.op.name), [context.op.name])
     error = context.op_exception
     trace = "".join(traceback.format_exception(error)) if isinstance(error, BaseException) else None
     root = context.resources.artifact_store.root

@@ -9,10 +9,10 @@ import dagster as dg
 
 def config_defaults() -> dict[str, dict]:
     """Per asset key, the default values of its run config (what an audit marks changes against)."""
-    from retriever_forge.assets import ALL_ASSETS
+    from retriever_forge.assets import MATERIALIZED_ASSETS
 
     out = {}
-    for a in ALL_ASSETS:
+    for a in MATERIALIZED_ASSETS:
         field = a.op.config_field
         defaults = dict(field.default_value) if field is not None and field.default_provided else {}
         for key in a.keys:
