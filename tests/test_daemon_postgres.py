@@ -1,5 +1,6 @@
 """The real thing: a Dagster instance on a real PostgreSQL server, the real `dagster-daemon`
-process ticking the observation schedule and the automation sensor, on a tiny dataset.
+process ticking the observation schedule and the automation sensor (switched on by
+``RETRIEVER_FORGE_AUTOMATION=on``), on a tiny dataset.
 
 1. the first observation of the dataset launches one run of the whole graph;
 2. a night with nothing changed (another observation, more automation ticks) launches none;
@@ -99,7 +100,7 @@ def test_daemon_on_postgres_runs_only_what_changed(tmp_path, tiny_encoder, monke
     env = {
         **os.environ, "DAGSTER_HOME": str(home), "RETRIEVER_FORGE_DATASETS": str(tmp_path / "datasets.yaml"),
         "RETRIEVER_FORGE_HOME": str(tmp_path / "forge"), "FORGE_TEST_ENCODER": tiny_encoder,
-        "RETRIEVER_FORGE_OBSERVE_CRON": "* * * * *", "RETRIEVER_FORGE_AUTOMATION_INTERVAL_S": str(TICK_S),
+        "RETRIEVER_FORGE_OBSERVE_CRON": "* * * * *", "RETRIEVER_FORGE_AUTOMATION": "on", "RETRIEVER_FORGE_AUTOMATION_INTERVAL_S": str(TICK_S),
         "RETRIEVER_FORGE_REGISTRY_INTERVAL_S": str(TICK_S), "RETRIEVER_FORGE_ALERT_FILE": str(tmp_path / "alerts.jsonl"),
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DAGSTER_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(REPO),
     }  # fmt: skip
@@ -110,11 +111,10 @@ def test_daemon_on_postgres_runs_only_what_changed(tmp_path, tiny_encoder, monke
             f"storage:\n  postgres:\n    postgres_url: {url}\n"
             "concurrency:\n  pools:\n    default_limit: 1\n"
             "run_monitoring:\n  enabled: true\n  poll_interval_seconds: 5\n"
+            "code_servers:\n  local_startup_timeout: 1200\n"  # a busy machine imports torch slowly
             "telemetry:\n  enabled: false\n"
         )
         ws = ["-w", str(tmp_path / "workspace.yaml")]
-        for kind, name in (("sensor", "retriever_forge_automation"), ("schedule", "observe_datasets")):
-            subprocess.run([str(VENV_BIN / "dagster"), kind, "start", name, *ws], env=env, check=True, capture_output=True, cwd=REPO)
         log = tmp_path / "daemon.log"
         with log.open("w") as out:
             daemon = subprocess.Popen([str(VENV_BIN / "dagster-daemon"), "run", *ws], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
@@ -122,8 +122,8 @@ def test_daemon_on_postgres_runs_only_what_changed(tmp_path, tiny_encoder, monke
             with dg.DagsterInstance.get() as instance:
                 # 1. the dataset_registry sensor registers `tiny`; the first observation launches the whole graph
                 _wait("the first observation", lambda: [r for r in _runs(instance, "observe_datasets") if r.is_success],
-                      240, daemon, log)  # fmt: skip
-                first = _wait("the automation's first run", lambda: _runs(instance, automation=True), 180, daemon, log)[0]
+                      1200, daemon, log)  # fmt: skip
+                first = _wait("the automation's first run", lambda: _runs(instance, automation=True), 600, daemon, log)[0]
                 first = _wait("the first run to finish", lambda: _finished(instance, first.run_id), 1200, daemon, log)
                 assert first.is_success, log.read_text()[-3000:]
                 assert first.tags["dagster/partition"] == "tiny" and int(first.tags["dagster/max_runtime"]) > 0
@@ -132,14 +132,14 @@ def test_daemon_on_postgres_runs_only_what_changed(tmp_path, tiny_encoder, monke
                 # 2. nothing changed: another observation and the ticks after it launch no run
                 seen = len(_runs(instance, "observe_datasets"))
                 _wait("a quiet night's observation",
-                      lambda: [r for r in _runs(instance, "observe_datasets")[seen:] if r.is_success], 180, daemon, log)  # fmt: skip
+                      lambda: [r for r in _runs(instance, "observe_datasets")[seen:] if r.is_success], 600, daemon, log)  # fmt: skip
                 time.sleep(4 * TICK_S + 10)
                 assert len(_runs(instance, automation=True)) == 1
 
                 # 3. one corpus row changed: the next observation re-runs from the corpus down
                 rows[3]["text"] += " Edited overnight."
                 _write_corpus(tmp_path / "tiny", rows)
-                second = _wait("the run after the edit", lambda: _runs(instance, automation=True)[1:], 240, daemon, log)[0]
+                second = _wait("the run after the edit", lambda: _runs(instance, automation=True)[1:], 600, daemon, log)[0]
                 second = _wait("the second run to finish", lambda: _finished(instance, second.run_id), 1200, daemon, log)
                 assert second.is_success, log.read_text()[-3000:]
                 assert _materialized(instance, second.run_id) == GRAPH

@@ -26,6 +26,9 @@ OBSERVE_CRON = os.environ.get("RETRIEVER_FORGE_OBSERVE_CRON", "0 2 * * *")
 # in dagster.yaml); a hung LLM server or GPU then frees its pool slots instead of blocking the night.
 MAX_RUNTIME_S = int(os.environ.get("RETRIEVER_FORGE_MAX_RUNTIME_S", str(6 * 3600)))
 RUN_TAGS = {"dagster/max_runtime": str(MAX_RUNTIME_S)}
+# `RETRIEVER_FORGE_AUTOMATION=on` in the code location's environment starts the observation schedule
+# and the automation sensor switched on (a deployment's choice, instead of switching them in the UI).
+AUTOMATION_ON = os.environ.get("RETRIEVER_FORGE_AUTOMATION", "off").lower() in ("on", "1", "true")
 
 adapt_retriever_job = dg.define_asset_job(
     "adapt_retriever",
@@ -53,7 +56,7 @@ observe_datasets = dg.ScheduleDefinition(
     job=observe_datasets_job,
     cron_schedule=OBSERVE_CRON,
     execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
+    default_status=dg.DefaultScheduleStatus.RUNNING if AUTOMATION_ON else dg.DefaultScheduleStatus.STOPPED,
     description="Observe every dataset's files (RETRIEVER_FORGE_OBSERVE_CRON); with the retriever_forge_automation "
     "sensor on, a changed dataset is re-run from its first stale asset down.",
 )

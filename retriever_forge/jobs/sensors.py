@@ -19,7 +19,7 @@ import dagster as dg
 from retriever_forge.alerts import FILE_ENV, UI_URL_ENV, WEBHOOK_ENV, deliver, failure_message
 from retriever_forge.assets.common import dataset_partitions, registry_changes
 from retriever_forge.datasets import DatasetError, datasets_file, load_registry
-from retriever_forge.jobs import RUN_TAGS
+from retriever_forge.jobs import AUTOMATION_ON, RUN_TAGS
 
 AUTOMATION_INTERVAL_S = int(os.environ.get("RETRIEVER_FORGE_AUTOMATION_INTERVAL_S", "30"))
 REGISTRY_INTERVAL_S = int(os.environ.get("RETRIEVER_FORGE_REGISTRY_INTERVAL_S", "30"))
@@ -27,7 +27,7 @@ REGISTRY_INTERVAL_S = int(os.environ.get("RETRIEVER_FORGE_REGISTRY_INTERVAL_S", 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "retriever_forge_automation",
     target=dg.AssetSelection.all(),
-    default_status=dg.DefaultSensorStatus.STOPPED,
+    default_status=dg.DefaultSensorStatus.RUNNING if AUTOMATION_ON else dg.DefaultSensorStatus.STOPPED,
     minimum_interval_seconds=AUTOMATION_INTERVAL_S,
     run_tags={**RUN_TAGS, "retriever_forge/launched_by": "automation"},
     description="Runs only what changed: a dataset whose files' content hash, datasets-file entry or code changed "
