@@ -108,7 +108,7 @@ def test_daemon_on_postgres_runs_only_what_changed(tmp_path, tiny_encoder, monke
         monkeypatch.setenv(key, env[key])
     with throwaway_postgres() as url:
         (home / "dagster.yaml").write_text(
-            f"storage:\n  postgres:\n    postgres_url: {url}\n"
+            f"storage:\n  postgres:\n    postgres_url: {url.replace('postgresql://', 'postgresql+psycopg2://')}\n"
             "concurrency:\n  pools:\n    default_limit: 1\n"
             "run_monitoring:\n  enabled: true\n  poll_interval_seconds: 5\n"
             "code_servers:\n  local_startup_timeout: 1200\n"  # a busy machine imports torch slowly
