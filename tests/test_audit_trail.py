@@ -12,10 +12,15 @@ from retriever_forge.artifacts import ArtifactStore, read_pointer
 from retriever_forge.assets import ALL_ASSETS
 from retriever_forge.assets.common import sync_dataset_partitions
 from retriever_forge.prompts import PROMPTS_DIR
+from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, EncoderResource, LLMResource
 from tests.test_openlineage_events import validate_event
-from tests.test_pipeline import _resources
 
 PROMPT_LINE = ("Relevant Query: who built the first nuclear weapons", "Relevant Query: what was the manhattan project")
+
+
+def _resources(home):
+    return {"artifact_store": ArtifactStoreResource(root=str(home), work_dir=str(home / "work")), "artifact_io": ArtifactRefIOManager(root=str(home)),
+            "llm": LLMResource(batch_size=8), "encoder": EncoderResource(batch_size=32)}  # fmt: skip
 
 
 def _config(template: str, negatives: int) -> dict:
