@@ -59,3 +59,19 @@ def test_plan_uses_every_passage_of_a_small_corpus_and_caps_a_large_one():
     assert 12.5 < large["estimated_minutes"] < 45 < large["estimated_minutes_if_judge_passes"] + 45
     assert "2000 passages -> 6000 generated queries" in plan_message(large)
     assert estimate_plan(10, "standard", documents_to_sample=None)["passages"] == 10
+
+
+def test_a_run_config_value_equal_to_the_default_still_beats_the_preset():
+    # Dagster leaves a value equal to the field's default out of model_fields_set; the run's own
+    # run config is read too, so an explicit `queries_per_document: 1` is not overridden by 3.
+    import dagster as dg
+
+    seen = []
+
+    @dg.asset(name="synthetic_queries")
+    def probe(context, config: SyntheticQueriesConfig):
+        seen.append(effective_config(config, DatasetSpec(name="x"), "synthetic_queries", context)["queries_per_document"])
+
+    assert dg.materialize([probe], run_config={"ops": {"synthetic_queries": {"config": {"queries_per_document": 1}}}}).success
+    assert dg.materialize([probe]).success
+    assert seen == [1, 3]

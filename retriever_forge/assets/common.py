@@ -83,7 +83,18 @@ def dataset_spec(context: dg.AssetExecutionContext) -> DatasetSpec:
     return registry[name]
 
 
-def effective_config(config: dg.Config, spec: DatasetSpec, asset: str) -> dict:
+def explicit_fields(context: dg.AssetExecutionContext | None, config: dg.Config, asset: str) -> set[str]:
+    """The config fields the run config names for ``asset``. Dagster drops a value equal to the
+    field's default from ``model_fields_set``, so the run's own run config is read as well: an
+    explicit ``queries_per_document: 1`` must beat a preset's 3 even though 1 is the default."""
+    fields = set(config.model_fields_set)
+    if context is not None:
+        raw = ((context.run.run_config or {}).get("ops") or {}).get(asset) or {}
+        fields |= set((raw.get("config") or {}) if isinstance(raw, dict) else {})
+    return fields
+
+
+def effective_config(config: dg.Config, spec: DatasetSpec, asset: str, context: dg.AssetExecutionContext | None = None) -> dict:
     """Config values: run config set explicitly > the dataset's overrides in datasets.yaml >
     the budget preset (:mod:`retriever_forge.budget`) > defaults.
 
@@ -91,18 +102,19 @@ def effective_config(config: dg.Config, spec: DatasetSpec, asset: str) -> dict:
     in datasets.yaml, else ``standard``. The resolved name is recorded as ``values["budget"]``.
     """
     values = config.model_dump()
+    explicit = explicit_fields(context, config, asset)
     if "budget" in values:
         from retriever_forge.budget import DEFAULT_BUDGET, check_budget, preset_values
 
         values["budget"] = check_budget(values["budget"] or spec.budget or DEFAULT_BUDGET)
         for key, value in preset_values(values["budget"], asset).items():
-            if key in values and key not in config.model_fields_set:
+            if key in values and key not in explicit:
                 values[key] = value
     overrides = (spec.extra or {}).get("overrides", {}).get(asset, {})
     for key, value in overrides.items():
         if key not in values:
             raise dg.Failure(f"datasets file: dataset {spec.name!r}: {asset}.{key} is not a config field of {asset}")
-        if key not in config.model_fields_set:
+        if key not in explicit:
             values[key] = value
     return values
 

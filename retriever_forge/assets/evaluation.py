@@ -48,7 +48,7 @@ def corpus_index(
     encoder: EncoderResource,
 ):
     """FAISS index of the corpus embedded by the fine-tuned encoder (index file + doc ids)."""
-    values = effective_config(config, dataset_spec(context), "corpus_index")
+    values = effective_config(config, dataset_spec(context), "corpus_index", context)
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     with timed(context) as t:
@@ -121,7 +121,7 @@ def benchmark_scores(
 ):
     """nDCG@10, Recall@100, MAP and MRR (pytrec_eval) for BM25, the base and the fine-tuned encoder."""
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "benchmark_scores")
+    values = effective_config(config, spec, "benchmark_scores", context)
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     queries, qrels = store.read_table(eval_queries), store.read_table(eval_qrels)

@@ -114,7 +114,7 @@ def synthetic_queries(
 ):
     """LLM-written queries for sampled passages (InPars/Promptagator), with every filter decision kept."""
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "synthetic_queries")
+    values = effective_config(config, spec, "synthetic_queries", context)
     preset = values["budget"]
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
@@ -137,7 +137,8 @@ def synthetic_queries(
     # The plan, before any LLM call: what this run will generate and judge, and how long that
     # takes at the throughput measured here (the judging part depends on the judge's self-check).
     eligible, min_words = eligible_passages(corpus_df, qg.min_passage_words)
-    judging = effective_config(RelevanceJudgmentsConfig(budget=preset), spec, "relevance_judgments")
+    judging_run_config = (((context.run.run_config or {}).get("ops") or {}).get("relevance_judgments") or {}).get("config") or {}
+    judging = effective_config(RelevanceJudgmentsConfig(**{"budget": preset, **judging_run_config}), spec, "relevance_judgments", context)
     plan = estimate_plan(
         eligible.height, preset, corpus_passages=corpus_df.height, documents_to_sample=qg.documents_to_sample,
         queries_per_document=qg.queries_per_document, calibration_queries=judging["calibration_queries"],
@@ -243,7 +244,7 @@ def relevance_judgments(
     are noise, so the rest is not judged and the judge filter and graded loss are off downstream.
     """
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "relevance_judgments")
+    values = effective_config(config, spec, "relevance_judgments", context)
     cfg = JudgingConfig(template=values["template"], candidates_per_query=values["candidates_per_query"],
                         candidate_rank_start=values["candidate_rank_start"], calibration_queries=values["calibration_queries"],
                         min_auc=values["min_judge_auc"], seed=values["seed"])  # fmt: skip

@@ -130,7 +130,7 @@ def hard_negatives(
 ):
     """Candidates from the base encoder + FAISS, each with the filter that dropped it (if any)."""
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "hard_negatives")
+    values = effective_config(config, spec, "hard_negatives", context)
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
@@ -191,7 +191,7 @@ def training_examples(
     artifact_store: ArtifactStoreResource,
 ):
     """(query, positive, negatives, grades) rows, each keeping mining ranks and scores."""
-    values = effective_config(config, dataset_spec(context), "training_examples")
+    values = effective_config(config, dataset_spec(context), "training_examples", context)
     store = artifact_store.get_store()
     with timed(context) as t:
         queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
@@ -240,7 +240,7 @@ def fine_tuned_encoder(
 ):
     """The base encoder fine-tuned on the training examples; a sentence-transformers folder (safetensors)."""
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "fine_tuned_encoder")
+    values = effective_config(config, spec, "fine_tuned_encoder", context)
     store = artifact_store.get_store()
     examples = store.read_table(training_examples)
     # A judge that failed its self-check must not steer the loss: its grades would be noise.
