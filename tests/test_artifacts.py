@@ -102,7 +102,7 @@ def test_pointers_and_scoreboards_live_on_the_store_filesystem(tmp_path, monkeyp
     import dagster as dg
 
     from retriever_forge.cli import main
-    from retriever_forge.resources import ArtifactStoreResource, artifact_ref_io_manager
+    from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, artifact_ref_io_manager
 
     monkeypatch.chdir(tmp_path)
     root = "memory://pointer-test"
@@ -135,6 +135,12 @@ def test_pointers_and_scoreboards_live_on_the_store_filesystem(tmp_path, monkeyp
     assert main(["trace", "downstream_table", "p1", "--home", root]) == 0
     assert main(["verify", "--home", root]) == 0
     assert not list(tmp_path.rglob("*.json"))  # no pointer, manifest or scoreboard on the local disk
+
+    local = tmp_path / "local-store"  # the IO manager given its own root (tests do this) uses that store
+    resources = {"artifact_store": ArtifactStoreResource(root=str(local), work_dir=str(tmp_path / "work")),
+                 "artifact_io": ArtifactRefIOManager(root=str(local))}  # fmt: skip
+    assert dg.materialize([upstream_table, downstream_table], partition_key="p1", resources=resources).success
+    assert ArtifactStore(local).read_pointer("downstream_table", "p1").kind == "downstream_table"
     for bad in ("..", ".hidden", ""):
         with pytest.raises(ArtifactError):
             store.pointer_path(bad, "p1")

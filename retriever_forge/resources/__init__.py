@@ -120,8 +120,12 @@ class ArtifactRefIOManager(dg.IOManager):
     process or pod finds its upstream wherever the store is (a folder, ``s3://…``).
     """
 
-    def __init__(self, store: ArtifactStore):
-        self.store = store
+    def __init__(self, store: ArtifactStore | None = None, root: str | None = None):
+        """Give the ``store`` (or its ``root``); in a code location use :func:`artifact_ref_io_manager`,
+        which takes the run's ``artifact_store`` resource, so pointers and artifacts share one store."""
+        if (store is None) == (root is None):
+            raise ValueError("ArtifactRefIOManager: give exactly one of store, root")
+        self.store = store or ArtifactStore(root)
 
     def handle_output(self, context: dg.OutputContext, obj: ArtifactRef) -> None:
         partition = context.partition_key if context.has_partition_key else "__all__"
