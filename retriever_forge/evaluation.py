@@ -75,17 +75,110 @@ def dense_run(query_embeddings: np.ndarray, corpus_embeddings: np.ndarray, query
     return hits_to_run(scores, idx, query_ids, doc_ids)
 
 
-def scoreboard_markdown(rows: list[dict], judgments: str) -> str:
-    """The aggregate table shown in the UI and printed at the end of a run."""
-    header = "| system | nDCG@10 | Recall@100 | MAP | MRR | queries |\n|---|---|---|---|---|---|"
-    lines = [
-        f"| {r['system']} | {r['ndcg_cut_10']:.4f} | {r['recall_100']:.4f} | {r['map']:.4f} | {r['recip_rank']:.4f} | {r['queries']} |"
-        for r in rows
-    ]
+# Each system is compared with these references (the row's key: the reference system).
+COMPARISONS = {"vs_base": "base", "vs_bm25": "bm25", "vs_hybrid_base": "hybrid-base"}
+# vs_hybrid_base is asked of the systems a user would deploy instead of the zero-shot hybrid.
+_HYBRID_BASE_CHALLENGERS = ("fine-tuned", "hybrid")
+MOVERS = 5
+
+
+def score_systems(runs: dict[str, Run], qrels: dict[str, dict[str, int]], *, seed: int = 0,
+                  measure: str = "ndcg_cut_10") -> tuple[pl.DataFrame, list[dict]]:  # fmt: skip
+    """Score every system, then compare each with the board's references on per-query ``measure``.
+
+    Each row gets the aggregates, ``judged_at_10`` and, for each applicable reference in
+    :data:`COMPARISONS` present on the board, ``{delta, p_value, p_value_t, p_value_holm, ci95,
+    wins, ties, losses, queries}`` (see :mod:`retriever_forge.significance`). Holm's correction runs
+    over the board's distinct system pairs (a pair asked from both sides counts once).
+
+    Returns:
+        (per-query table ``system, query_id, *MEASURES``, rows in the order of ``runs``).
+    """
+    from retriever_forge.significance import holm_adjust, judged_at_k, paired_comparison
+
+    per_query, rows = [], []
+    for system, run in runs.items():
+        pq, agg = score_run(run, qrels)
+        per_query.append(pq.with_columns(pl.lit(system).alias("system")))
+        rows.append({"system": system, **agg, "queries": pq.height, "judged_at_10": judged_at_k(run, qrels, 10)})
+    table = pl.concat(per_query).select("system", "query_id", *MEASURES)
+    scores = {s: table.filter(system=s).sort("query_id")[measure].to_numpy() for s in runs}
+    tests: dict[frozenset, dict] = {}
+    for row in rows:
+        for key, ref in COMPARISONS.items():
+            system = row["system"]
+            if ref not in runs or ref == system or (key == "vs_hybrid_base" and system not in _HYBRID_BASE_CHALLENGERS):
+                continue
+            pair = frozenset((system, ref))
+            if pair not in tests:
+                tests[pair] = paired_comparison(scores[system], scores[ref], seed=seed)
+                tests[pair]["_from"] = system
+            c = dict(tests[pair])
+            if c.pop("_from") != system:  # the same test read from the other side
+                c.update(delta=-c["delta"], wins=c["losses"], losses=c["wins"], ci95=[-c["ci95"][1], -c["ci95"][0]])
+            row[key] = c
+    pairs = list(tests)
+    adjusted = dict(zip(pairs, holm_adjust([tests[p]["p_value"] for p in pairs]), strict=True))
+    for row in rows:
+        for key, ref in COMPARISONS.items():
+            if key in row:
+                row[key]["p_value_holm"] = adjusted[frozenset((row["system"], ref))]
+    return table, rows
+
+
+def query_movers(per_query: pl.DataFrame, runs: dict[str, Run], qrels: dict[str, dict[str, int]], query_text: dict[str, str],
+                 system: str = "fine-tuned", reference: str = "base", n: int = MOVERS, measure: str = "ndcg_cut_10") -> dict:  # fmt: skip
+    """The ``n`` queries ``system`` gained most and lost most on against ``reference``.
+
+    Each entry: query id and text, both scores, the delta, and the rank of the best-ranked
+    relevant passage under each system (``None``: not retrieved within the run's depth).
+    """
+    from retriever_forge.significance import best_relevant_rank
+
+    a = per_query.filter(system=system).select("query_id", pl.col(measure).alias("after"))
+    b = per_query.filter(system=reference).select("query_id", pl.col(measure).alias("before"))
+    joined = a.join(b, on="query_id").with_columns((pl.col("after") - pl.col("before")).alias("delta"))
+
+    def entries(df: pl.DataFrame) -> list[dict]:
+        return [{"query_id": r["query_id"], "text": query_text.get(r["query_id"], ""), "delta": round(r["delta"], 4),
+                 reference: round(r["before"], 4), system: round(r["after"], 4),
+                 "best_relevant_rank": {reference: best_relevant_rank(runs[reference].get(r["query_id"], {}), qrels.get(r["query_id"], {})),
+                                        system: best_relevant_rank(runs[system].get(r["query_id"], {}), qrels.get(r["query_id"], {}))}}
+                for r in df.iter_rows(named=True)]  # fmt: skip
+
+    gained = joined.filter(pl.col("delta") > 0).sort(["delta", "query_id"], descending=[True, False]).head(n)
+    lost = joined.filter(pl.col("delta") < 0).sort(["delta", "query_id"]).head(n)
+    return {"system": system, "reference": reference, "measure": measure, "gained": entries(gained), "lost": entries(lost)}
+
+
+def _judged(row: dict) -> str:
+    return f"{row['judged_at_10']:.2f}" if "judged_at_10" in row else "–"
+
+
+def _mark(comparison: dict | None) -> str:
+    if not comparison:
+        return "–"
+    star = r" **\***" if comparison["p_value_holm"] < 0.05 else ""
+    return f"{comparison['delta']:+.4f} (p={comparison['p_value_holm']:.3f}){star}"
+
+
+def scoreboard_markdown(rows: list[dict], judgments: str, notes: list[str] | None = None) -> str:
+    """The aggregate table shown in the UI and printed at the end of a run, significance marked."""
+    def name(r: dict) -> str:  # a fine-tuned model that kept the base weights says so in its row
+        return f"{r['system']} (= base weights)" if r.get("kept_base_weights") and r["system"] == "fine-tuned" else r["system"]
+
+    # Two narrow tables rather than one wide one: the UI's metadata column cuts wide tables off.
+    scores = ["| system | nDCG@10 | Recall@100 | MAP | MRR | judged@10 | queries |", "|---|---|---|---|---|---|---|"]
+    scores += [f"| {name(r)} | {r['ndcg_cut_10']:.4f} | {r['recall_100']:.4f} | {r['map']:.4f} | {r['recip_rank']:.4f} "
+               f"| {_judged(r)} | {r['queries']} |" for r in rows]  # fmt: skip
+    tests = ["| system | Δ vs base | Δ vs BM25 | Δ vs hybrid-base |", "|---|---|---|---|"]
+    tests += [f"| {name(r)} | {_mark(r.get('vs_base'))} | {_mark(r.get('vs_bm25'))} | {_mark(r.get('vs_hybrid_base'))} |" for r in rows]
     note = (
         "Judgments: **human** (the dataset's qrels)."
         if judgments == "human"
         else "Judgments: **SYNTHETIC** — held-out LLM-generated queries with LLM pseudo-judgments; "
         "not comparable to scores on human judgments."
     )
-    return "\n".join([header, *lines, "", note])
+    legend = ("Δ: mean per-query nDCG@10 difference; p: two-sided Fisher randomization test, Holm-corrected over the "
+              r"board's comparisons; **\*** significant at 0.05.")  # fmt: skip
+    return "\n".join([*scores, "", *tests, "", legend, *(notes or []), note])

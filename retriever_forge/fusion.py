@@ -107,3 +107,40 @@ def fuse(runs: list[Run], method: str, params: dict, depth: int = 100) -> Run:
     if method == "convex":
         return convex_combination(runs, params["weights"], depth=depth)
     raise ValueError(f"unknown fusion method {method!r}; expected one of {FUSION_METHODS}")
+
+
+RRF_K = 60
+CONVEX_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # weight on the lexical run; both runs always count
+
+
+def choose_fusion(lexical: Run, dense: Run, dev_qrels: dict[str, dict[str, int]], depth: int = 100,
+                  rrf_k: int = RRF_K, convex_weights: Sequence[float] = CONVEX_WEIGHTS) -> dict:  # fmt: skip
+    """Pick the fusion of a lexical and a dense run that scores best (nDCG@10) on dev queries.
+
+    The candidates are RRF with ``rrf_k`` and the convex combination at each weight of
+    ``convex_weights`` (on the lexical run). Ties go to RRF, then to the lower lexical weight.
+    Called with the *synthetic dev* queries' runs and pseudo-qrels only, never the test qrels:
+    the choice is part of the model, like a training hyper-parameter.
+
+    Returns:
+        ``{"method", "params", "runs": ["bm25", "dense"], "chosen_on", "dev_queries",
+        "dev_ndcg_cut_10": {candidate: score}}``; apply it with :func:`fuse`.
+    """
+    from retriever_forge.evaluation import score_run
+
+    base = {"runs": ["bm25", "dense"], "depth": depth, "chosen_on": "synthetic dev queries"}
+    candidates = [("rrf", {"k": rrf_k})] + [("convex", {"weights": [w, round(1 - w, 6)]}) for w in convex_weights]
+    qrels = {q: j for q, j in dev_qrels.items() if q in lexical or q in dense}
+    if not qrels:
+        return {**base, "method": "rrf", "params": {"k": rrf_k}, "dev_queries": 0, "dev_ndcg_cut_10": {},
+                "note": "no judged dev queries: RRF's default k"}  # fmt: skip
+    lexical = {q: lexical.get(q, {}) for q in qrels}
+    dense = {q: dense.get(q, {}) for q in qrels}
+    scores, best = {}, None
+    for method, params in candidates:
+        _, agg = score_run(fuse([lexical, dense], method, params, depth=depth), qrels)
+        label = f"rrf(k={params['k']})" if method == "rrf" else f"convex(w_bm25={params['weights'][0]})"
+        scores[label] = agg["ndcg_cut_10"]
+        if best is None or agg["ndcg_cut_10"] > best[0]:
+            best = (agg["ndcg_cut_10"], method, params)
+    return {**base, "method": best[1], "params": best[2], "dev_queries": len(qrels), "dev_ndcg_cut_10": scores}

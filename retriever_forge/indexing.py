@@ -37,6 +37,7 @@ from retriever_forge.search import hits_to_run
 INDEX_FILE = "index.faiss"
 IDS_FILE = "doc_ids.json"
 META_FILE = "meta.json"
+FUSION_FILE = "fusion.json"  # the hybrid (BM25 + dense) fusion chosen for this index, so it can be served
 IVFDATA_FILE = "index.ivfdata"
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 
@@ -358,3 +359,14 @@ def search_corpus_index(
             np.ascontiguousarray(query_embeddings[s : s + chunk_size], dtype=np.float32), k
         )
     return hits_to_run(scores, idx, query_ids, index.doc_ids)
+
+
+def write_fusion(folder: Path, fusion: dict) -> None:
+    """Store the fusion choices (``{"hybrid": {...}, "hybrid-base": {...}}``) beside the index."""
+    (Path(folder) / FUSION_FILE).write_text(json.dumps(fusion, sort_keys=True, indent=1))
+
+
+def read_fusion(folder: Path) -> dict:
+    """The fusion record stored with an index; ``{}`` for an index built before hybrids existed."""
+    path = Path(folder) / FUSION_FILE
+    return json.loads(path.read_text()) if path.exists() else {}

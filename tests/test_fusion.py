@@ -1,6 +1,7 @@
 import pytest
 
-from retriever_forge.fusion import convex_combination, fuse, min_max_normalize, ranked, reciprocal_rank_fusion
+from retriever_forge.evaluation import score_run
+from retriever_forge.fusion import choose_fusion, convex_combination, fuse, min_max_normalize, ranked, reciprocal_rank_fusion
 
 BM25 = {"q1": {"a": 12.0, "b": 7.0, "c": 3.0}, "q2": {"x": 5.0}}
 DENSE = {"q1": {"c": 0.9, "a": 0.8, "d": 0.1}, "q3": {"y": 0.4, "z": 0.2}}
@@ -70,3 +71,22 @@ def test_fuse_dispatches_a_recorded_method():
     assert fuse([BM25, DENSE], "convex", {"weights": [0.3, 0.7]}) == convex_combination([BM25, DENSE], [0.3, 0.7])
     with pytest.raises(ValueError, match="unknown fusion method"):
         fuse([BM25], "borda", {})
+
+
+def test_choose_fusion_picks_the_best_dev_candidate_and_records_all():
+    # q1's relevant doc r is top of the lexical run but last of the dense run; q2's is top of dense only.
+    lexical = {"q1": {"r": 9.0, "x": 5.0, "y": 1.0}, "q2": {"s": 1.0, "u": 3.0, "v": 2.0}}
+    dense = {"q1": {"x": 0.9, "y": 0.8, "r": 0.1}, "q2": {"s": 0.9, "u": 0.5, "v": 0.4}}
+    choice = choose_fusion(lexical, dense, {"q1": {"r": 1}, "q2": {"s": 1}})
+    assert choice["dev_queries"] == 2 and len(choice["dev_ndcg_cut_10"]) == 10
+    best = max(choice["dev_ndcg_cut_10"].values())
+    _, agg = score_run(fuse([lexical, dense], choice["method"], choice["params"]), {"q1": {"r": 1}, "q2": {"s": 1}})
+    assert agg["ndcg_cut_10"] == best
+    # only lexical evidence: the lexical-heavy end of the convex grid must win over RRF
+    one_sided = choose_fusion({"q": {"r": 9.0, "x": 1.0, "y": 0.5}}, {"q": {"x": 0.9, "y": 0.8, "r": 0.1}}, {"q": {"r": 1}})
+    assert one_sided["method"] == "convex" and one_sided["params"]["weights"][0] >= 0.5
+
+
+def test_choose_fusion_without_dev_queries_falls_back_to_rrf():
+    choice = choose_fusion(BM25, DENSE, {})
+    assert choice["method"] == "rrf" and choice["params"] == {"k": 60} and choice["dev_queries"] == 0
