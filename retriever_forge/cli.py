@@ -306,6 +306,20 @@ def _dataset_entry(args) -> dict:
     return entry
 
 
+def cmd_search(args) -> int:
+    from dataclasses import asdict
+
+    from retriever_forge.serving import MissingArtifact, format_hits, search
+
+    try:
+        hits = search(_home(args), args.dataset, args.query, system=args.system, k=args.k)
+    except (MissingArtifact, ValueError) as e:
+        print(f"search: {e.args[0]}", file=sys.stderr)
+        return 2
+    print(json.dumps([asdict(h) for h in hits], indent=1) if args.json else format_hits(hits))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retriever-forge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -367,6 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     rm.add_argument("name")
     ds_sub.add_parser("list", help="the datasets, whether each is registered and readable")
     ds.set_defaults(func=cmd_datasets)
+    se = sub.add_parser("search", help="search the latest index of a dataset")
+    se.add_argument("query", help="the query text")
+    se.add_argument("--dataset", default="demo", help="a dataset name from datasets.yaml (default: demo)")
+    se.add_argument("--system", default="fine-tuned", choices=["fine-tuned", "base", "bm25", "hybrid"])
+    se.add_argument("-k", type=int, default=10, help="passages to print (default: 10)")
+    se.add_argument("--json", action="store_true")
+    se.add_argument("--home", help="artifact store root (default: $RETRIEVER_FORGE_HOME or .forge)")
+    se.set_defaults(func=cmd_search)
     args = parser.parse_args(argv)
     return args.func(args)
 
