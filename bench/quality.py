@@ -87,11 +87,12 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
     bm25 = bm25_run(corpus, queries, k=depth)
     rows = []
     for system, model in (("rrf-base", None), ("rrf-fine-tuned", str(store.local_path(store.read_pointer("fine_tuned_encoder", partition))))):
+        started = time.perf_counter()
         enc = resource.load(model)
         emb = np.asarray(_corpus_embeddings(enc, corpus, scratch, resource.batch_size))
         dense = dense_run(encode(enc, texts), emb, ids, doc_ids, k=depth)
         per_query, agg = score_run(reciprocal_rank_fusion([bm25, dense], k=60, depth=depth), qrels)
-        rows.append({"system": system, **agg, "queries": per_query.height})
+        rows.append({"system": system, **agg, "queries": per_query.height, "seconds": round(time.perf_counter() - started, 1)})
     return rows
 
 
@@ -168,7 +169,7 @@ def main() -> int:
             line["label"] = args.label
         print(json.dumps(line))
     for row in rrf_rows(home, name):
-        line = {k: row[k] for k in ("system", "ndcg_cut_10", "recall_100", "map", "recip_rank", "queries")}
+        line = {k: row[k] for k in ("system", "ndcg_cut_10", "recall_100", "map", "recip_rank", "queries", "seconds")}
         if args.label:
             line["label"] = args.label
         print(json.dumps(line))
