@@ -118,7 +118,15 @@ class ArtifactStore:
         return ArtifactRef(kind=kind, hash=content_hash, uri=self._artifact_dir(kind, content_hash), payload=payload, format=fmt)
 
     def exists(self, ref: ArtifactRef) -> bool:
+        if ref.format == "folder" and not self.is_local:
+            return self.fs.exists(self._complete_marker(ref))
         return self.fs.exists(ref.payload_uri)
+
+    @staticmethod
+    def _complete_marker(ref: ArtifactRef) -> str:
+        # An object store has no folder rename: a remote folder is published object by object, and
+        # this empty object, written last, is what says every object of it is there.
+        return f"{ref.uri}/.{ref.payload}.complete"
 
     # ------------------------------------------------------------------ named, replaceable documents
     # The only mutable files: which artifact is the latest per (asset, partition), and the latest
@@ -199,14 +207,17 @@ class ArtifactStore:
         On any failure (``ENOSPC`` included) the temporary payload is removed, an artifact folder
         left empty is removed too, and the exception propagates with a note naming the artifact.
         """
-        if self.fs.exists(ref.payload_uri):
+        if self.exists(ref):
             return ref  # same content already stored: write-once means nothing to do
         folder = ref.format == "folder"
         tmp = f"{ref.uri}/.{ref.payload}.{uuid.uuid4().hex}.tmp"
         try:
             self.fs.makedirs(ref.uri, exist_ok=True)
             write_tmp(tmp)
-            self._commit(tmp, ref.payload_uri, folder)
+            if folder and not self.is_local:
+                self._commit_remote_folder(tmp, ref)
+            else:
+                self._commit(tmp, ref.payload_uri, folder)
         except BaseException as exc:
             self._discard(tmp, ref.uri)
             if isinstance(exc, Exception):
@@ -228,6 +239,19 @@ class ArtifactStore:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not os.path.isdir(final):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer published the same content first
+
+    def _commit_remote_folder(self, tmp: str, ref: ArtifactRef) -> None:
+        """Copy every object of a complete temporary folder to its final key, then mark it complete.
+
+        Readers go by :meth:`exists` (the marker), so a copy interrupted half way is never read as
+        the artifact; the next writer of the same content copies it again. (``fs.mv`` of a folder
+        fails on S3: it tries to copy the folder's own key, which an object store does not have.)
+        """
+        final = ref.payload_uri
+        for src in self.fs.find(tmp):
+            self.fs.copy(src, final + src[len(tmp):])
+        self.fs.pipe_file(self._complete_marker(ref), b"")
+        self.fs.rm(tmp, recursive=True)
 
     def _discard(self, tmp: str, artifact_dir: str) -> None:
         try:

@@ -14,12 +14,14 @@ Examples::
     retriever-forge model-card benchmark_scores demo --out model/   # the model, its card with the scoreboard
     retriever-forge datasets add notes --files data/notes.jsonl --text-field body
     retriever-forge datasets list
+    retriever-forge search --dataset cacm "parallel sorting algorithms"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -50,10 +52,72 @@ def _store(args=None):
     return ArtifactStore(_home(args))
 
 
+class StepLineHandler(logging.Handler):
+    """Dagster's event stream, condensed: one line per finished step, failed checks and warnings.
+
+    Dagster's own console log (about a hundred DEBUG lines for the demo) is what ``-v`` shows.
+    """
+
+    def __init__(self, stream=None):
+        super().__init__(logging.DEBUG)
+        self.stream = stream or sys.stdout
+        self.started: dict[str, float] = {}
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import time
+
+        meta = getattr(record, "dagster_meta", None) or {}
+        event, step = meta.get("dagster_event"), meta.get("step_key") or ""
+        if event is None:
+            if record.levelno >= logging.WARNING:
+                self._print(f"  warning [{step or 'run'}]: {meta.get('orig_message', record.getMessage())}")
+            return
+        kind = event.event_type_value
+        if kind == "STEP_START":
+            self.started[step] = time.perf_counter()
+        elif kind == "STEP_SUCCESS":
+            seconds = time.perf_counter() - self.started.get(step, time.perf_counter())
+            self._print(f"✓ {step:<24} {seconds:7.1f} s")
+        elif kind == "STEP_FAILURE":
+            error = getattr(event.event_specific_data, "error", None)
+            while error is not None and error.cause is not None:  # the user code's own error, not Dagster's wrapper
+                error = error.cause
+            self._print(f"✗ {step}: {error.message.strip() if error else 'failed'}")
+        elif kind == "ASSET_CHECK_EVALUATION":
+            data = event.event_specific_data
+            if not data.passed:
+                self._print(f"  check {data.check_name} on {data.asset_key.to_user_string()}: "
+                            f"{'FAILED' if data.severity.value == 'ERROR' else 'warns'}")  # fmt: skip
+
+
+def _quiet_job(job):
+    """The job with a logger that prints :class:`StepLineHandler` lines instead of Dagster's console log."""
+    import dagster as dg
+
+    @dg.logger(description="One line per step (retriever-forge run without -v).")
+    def step_lines(_init_context):
+        log = logging.getLogger("retriever_forge.run")
+        log.handlers, log.propagate = [StepLineHandler()], False
+        log.setLevel(logging.DEBUG)
+        return log
+
+    return job.with_logger_defs({**job.loggers, "step_lines": step_lines}), {"step_lines": {}}
+
+
 def cmd_run(args) -> int:
+    import warnings
+
     import yaml
 
     _dagster_home()
+    if not args.verbose:
+        # Library deprecation notices (torch, transformers) say nothing about this run; -v shows them.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        os.environ.setdefault("RETRIEVER_FORGE_PROGRESS", "1")
     import dagster as dg
 
     from retriever_forge.definitions import defs
@@ -75,6 +139,11 @@ def cmd_run(args) -> int:
     instance = dg.DagsterInstance.get()
     sync_dataset_partitions(instance, registry, remove=False)  # another datasets file must not drop the instance's partitions
     job = defs.resolve_job_def(args.job)
+    if not args.verbose and "loggers" not in run_config:
+        job, loggers = _quiet_job(job)
+        # Dataset overrides need no copying here: each asset applies them (assets.common.effective_config).
+        run_config = {**run_config, "loggers": loggers}
+        print(f"retriever-forge run: dataset {args.dataset!r}, job {args.job} (-v for Dagster's full log)")
     result = job.execute_in_process(partition_key=args.dataset, run_config=run_config, instance=instance, raise_on_error=False)
     if not result.success:
         print(f"run {result.run_id} failed; see the Dagster UI or the log above", file=sys.stderr)
@@ -329,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--budget", choices=["quick", "standard", "thorough"],
                      help="budget preset (default: the dataset's in datasets.yaml, else standard); see retriever_forge/budget.py")
     run.add_argument("--job", default="adapt_retriever", help="job name (default: the whole graph)")
+    run.add_argument("-v", "--verbose", action="store_true", help="Dagster's full console log instead of one line per step")
     run.set_defaults(func=cmd_run)
     tr = sub.add_parser("trace", help="print an artifact's upstream lineage")
     tr.add_argument("target", nargs="+", help="artifact hash (prefix), or asset key [partition]")

@@ -142,7 +142,7 @@ def encode(
     encoder: Encoder,
     texts: list[str],
     batch_size: int = 64,
-    show_progress: bool = False,
+    show_progress: bool | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Encode texts into L2-normalised float32 vectors (inner product == cosine).
@@ -169,11 +169,9 @@ def encode(
     batches = length_sorted_batches(lengths, batch_size)
     device = model.device
     model.eval()
-    progress = None
-    if show_progress:
-        from tqdm.auto import tqdm
+    from retriever_forge.progress import progress_bar
 
-        progress = tqdm(total=len(texts), desc="encode", unit="text")
+    progress = progress_bar(len(texts), "encode", unit="text", enabled=show_progress)  # None: as the CLI asked
     with torch.inference_mode():
         for rows in batches:
             features = model.preprocess([texts[i] for i in rows])
@@ -181,10 +179,8 @@ def encode(
             emb = model(features)["sentence_embedding"].float()
             emb = torch.nn.functional.normalize(emb, p=2, dim=1)
             out[rows] = emb.cpu().numpy()
-            if progress is not None:
-                progress.update(len(rows))
-    if progress is not None:
-        progress.close()
+            progress.update(len(rows))
+    progress.close()
     return out
 
 
@@ -208,7 +204,7 @@ def _digests(texts: list[str]) -> np.ndarray:
 
 
 def encode_cached(
-    encoder: Encoder, texts: list[str], cache_dir: str | Path | None, batch_size: int = 64, show_progress: bool = False
+    encoder: Encoder, texts: list[str], cache_dir: str | Path | None, batch_size: int = 64, show_progress: bool | None = None
 ) -> np.ndarray:
     """:func:`encode`, memoised on disk by (weights hash, texts); returns a read-only memmap.
 

@@ -47,6 +47,28 @@ def score_run(run: Run, qrels: dict[str, dict[str, int]]) -> tuple[pl.DataFrame,
     return per_query, agg
 
 
+def synthetic_eval_set(queries: pl.DataFrame, judgments: pl.DataFrame, split: str = "test") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Kept synthetic queries of one ``split`` and their LLM pseudo-qrels.
+
+    ``test``: the held-out evaluation set for corpora without human judgments; ``dev``: the
+    queries that choose the hybrid's fusion. The source passage counts as relevant (grade at
+    least 1, as in InPars/GPL; 1 where the judge did not grade it, e.g. a judge that failed its
+    self-check); retrieved candidates count when the judge graded them 2 or 3.
+    """
+    from retriever_forge.judging import steering_judgments
+
+    # LLM queries only: a corpus crop (style "crop") is a copy of its passage, no test of retrieval.
+    held = queries.filter(pl.col("dropped_by").is_null() & (pl.col("split") == split) & (pl.col("style") != "crop"))
+    j = steering_judgments(judgments).filter(pl.col("query_id").is_in(held["query_id"].implode()))
+    source_grade = j.filter(pl.col("pair_type") == "source").select("query_id", "doc_id", "grade").unique(["query_id", "doc_id"])
+    sources = held.select("query_id", "doc_id").join(source_grade, on=["query_id", "doc_id"], how="left")
+    qrels = pl.concat([
+        sources.select("query_id", "doc_id", pl.max_horizontal(pl.col("grade").fill_null(1), pl.lit(1)).alias("relevance")),
+        j.filter((pl.col("pair_type") == "candidate") & (pl.col("grade") >= 2)).select("query_id", "doc_id", pl.col("grade").alias("relevance")),
+    ]).unique(["query_id", "doc_id"], keep="first").cast({"relevance": pl.Int64})  # fmt: skip
+    return held.select("query_id", "text"), qrels
+
+
 def bm25_run(corpus: pl.DataFrame, queries: pl.DataFrame, k: int = 100) -> Run:
     """BM25 with ``bm25s`` (English stopwords, Snowball stemming when PyStemmer is installed)."""
     import bm25s

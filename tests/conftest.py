@@ -42,6 +42,26 @@ def write_beir(root: Path, corpus=TINY_CORPUS, queries=TINY_QUERIES, qrels=TINY_
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_demo_run(tmp_path_factory):
+    """The whole graph on the demo, kept tiny (tests/test_pipeline.py's TINY_RUN), materialized once per
+    session into an on-disk instance, so a Dagster webserver can serve it too (tests/test_ui.py).
+
+    Returns (artifact home, instance, result, instance dir).
+    """
+    import dagster as dg
+
+    from retriever_forge.assets.common import sync_dataset_partitions
+    from tests.test_pipeline import _materialize
+
+    home, dagster_home = tmp_path_factory.mktemp("forge"), tmp_path_factory.mktemp("dagster_home")
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    instance = dg.DagsterInstance.local_temp(str(dagster_home))
+    sync_dataset_partitions(instance)
+    result = _materialize(home, instance)
+    return home, instance, result, dagster_home
+
+
 @pytest.fixture
 def tiny_beir(tmp_path) -> Path:
     return write_beir(tmp_path / "tiny")

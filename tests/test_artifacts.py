@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from retriever_forge.artifacts import ArtifactError, ArtifactStore
-from retriever_forge.hashing import hash_file
+from retriever_forge.hashing import hash_file, hash_tree
 from retriever_forge.provenance import build_manifest, trace, trace_markdown, verify
 
 
@@ -93,6 +93,34 @@ def test_any_fsspec_url_works_as_root(tmp_path):
     (model / "model.safetensors").write_bytes(b"w")
     folder_ref = store.put_folder(model, "fine_tuned_encoder")
     assert (store.local_path(folder_ref) / "model.safetensors").read_bytes() == b"w"
+
+
+def test_a_remote_folder_copied_half_way_is_not_the_artifact(tmp_path, monkeypatch):
+    """Object stores have no folder rename: a folder is copied object by object and marked complete
+    last, so a copy that dies half way is invisible to readers and the next writer redoes it."""
+    store = ArtifactStore("memory://half-copied", cache_dir=tmp_path / "cache")
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "sub" / "weights.bin").write_bytes(b"w" * 10)
+    real_copy, copied = store.fs.copy, []
+
+    def copy_then_die(src, dst, **kwargs):
+        if copied:
+            raise OSError("connection reset")
+        copied.append(dst)
+        return real_copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(store.fs, "copy", copy_then_die)
+    with pytest.raises(OSError, match="connection reset"):
+        store.put_folder(model, "fine_tuned_encoder")
+    ref = store._ref("fine_tuned_encoder", hash_tree(model), "model", "folder")
+    assert store.fs.exists(copied[0]) and not store.exists(ref)  # one object landed; not the artifact
+    monkeypatch.setattr(store.fs, "copy", real_copy)
+    assert store.put_folder(model, "fine_tuned_encoder") == ref and store.exists(ref)
+    assert sorted(p.relative_to(store.local_path(ref)).as_posix() for p in store.local_path(ref).rglob("*") if p.is_file()) == [
+        "config.json", "sub/weights.bin"]  # fmt: skip
+    assert store.rehash(ref) == ref.hash and store.partial_writes() == []
 
 
 def test_pointers_and_scoreboards_live_on_the_store_filesystem(tmp_path, monkeypatch):

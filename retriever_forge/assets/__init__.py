@@ -42,4 +42,17 @@ def _nightly(asset):
 MATERIALIZED_ASSETS = [_nightly(a) for a in _STAGES]
 ALL_ASSETS = [dataset_source, *MATERIALIZED_ASSETS]  # the observed source first, then what is materialized
 
-__all__ = ["ALL_ASSETS", "MATERIALIZED_ASSETS"]
+
+def config_classes(assets=MATERIALIZED_ASSETS) -> dict:
+    """Each configurable asset's name and its ``dg.Config`` class (from its ``config`` parameter)."""
+    import inspect
+
+    out = {}
+    for a in assets:
+        param = inspect.signature(a.op.compute_fn.decorated_fn).parameters.get("config")
+        if param is not None:
+            out[a.op.name] = param.annotation
+    return out
+
+
+__all__ = ["ALL_ASSETS", "MATERIALIZED_ASSETS", "config_classes"]

@@ -2,14 +2,17 @@
 reading upstream tables, and per-dataset config overrides."""
 
 
+import os
 import time
+import warnings
 from contextlib import contextmanager
 
 import dagster as dg
 import polars as pl
+import pydantic
 
 from retriever_forge.artifacts import ArtifactRef, ArtifactStore
-from retriever_forge.datasets import DatasetSpec, load_registry
+from retriever_forge.datasets import DatasetError, DatasetSpec, datasets_file, load_registry
 from retriever_forge.provenance import build_manifest, code_version, now, trace, trace_markdown
 
 # One partition per named dataset in datasets.yaml. The partitions are dynamic (kept in the
@@ -75,6 +78,24 @@ def sync_dataset_partitions(
     return added, removed
 
 
+def asset_owners() -> list[str]:
+    """Owners shown on every asset: ``RETRIEVER_FORGE_OWNERS`` (comma-separated emails or ``team:name``)."""
+    return [o.strip() for o in os.environ.get("RETRIEVER_FORGE_OWNERS", "team:retrieval").split(",") if o.strip()]
+
+
+def asset_tags(stage: str) -> dict[str, str]:
+    """Tags on every asset (filterable in the UI's catalog); ``RETRIEVER_FORGE_TAGS`` adds ``k=v,k2=v2``."""
+    extra = dict(kv.split("=", 1) for kv in os.environ.get("RETRIEVER_FORGE_TAGS", "").split(",") if "=" in kv)
+    return {"pipeline": "adapt_retriever", "stage": stage, **extra}
+
+
+def check_spec(name: str, asset: str, description: str, blocking: bool = False) -> dg.AssetCheckSpec:
+    """An asset check whose results belong to the partition (dataset) it evaluated, not to every partition."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*")  # a preview API, used on purpose
+        return dg.AssetCheckSpec(name, asset=asset, description=description, blocking=blocking, partitions_def=dataset_partitions)
+
+
 def dataset_spec(context: dg.AssetExecutionContext) -> DatasetSpec:
     name = context.partition_key
     registry = load_registry()  # re-read: the file may have changed since the code location loaded
@@ -83,26 +104,58 @@ def dataset_spec(context: dg.AssetExecutionContext) -> DatasetSpec:
     return registry[name]
 
 
-def explicit_fields(context: dg.AssetExecutionContext | None, config: dg.Config, asset: str) -> set[str]:
-    """The config fields the run config names for ``asset``. Dagster drops a value equal to the
-    field's default from ``model_fields_set``, so the run's own run config is read as well: an
-    explicit ``queries_per_document: 1`` must beat a preset's 3 even though 1 is the default."""
-    fields = set(config.model_fields_set)
-    if context is not None:
-        raw = ((context.run.run_config or {}).get("ops") or {}).get(asset) or {}
-        fields |= set((raw.get("config") or {}) if isinstance(raw, dict) else {})
-    return fields
+def run_config_values(context: dg.AssetExecutionContext, asset: str | None = None) -> dict:
+    """An asset's config (default: this one's) as the run config typed it, before Dagster fills in defaults.
 
-
-def effective_config(config: dg.Config, spec: DatasetSpec, asset: str, context: dg.AssetExecutionContext | None = None) -> dict:
-    """Config values: run config set explicitly > the dataset's overrides in datasets.yaml >
-    the budget preset (:mod:`retriever_forge.budget`) > defaults.
-
-    Assets a budget sizes have a ``budget`` config field; unset, it is the dataset's ``budget:``
-    in datasets.yaml, else ``standard``. The resolved name is recorded as ``values["budget"]``.
+    Read from the run itself: pydantic's ``model_fields_set`` leaves out an explicit value that
+    equals the default, so it cannot tell "typed 200" from "left at 200".
     """
+    ops = (context.run.run_config or {}).get("ops") or {}
+    return dict((ops.get(asset or context.op_def.name) or {}).get("config") or {})
+
+
+def dataset_overrides(spec: DatasetSpec, asset: str, config_cls: type[dg.Config]) -> dict:
+    """The dataset's ``overrides.<asset>`` from the datasets file, validated by the asset's own config model.
+
+    Raises:
+        DatasetError: naming the datasets file, the dataset and the field (unknown, or of the wrong type).
+    """
+    where = f"{datasets_file()}: dataset {spec.name!r}: overrides.{asset}"
+    overrides = ((spec.extra or {}).get("overrides") or {}).get(asset) or {}
+    if not isinstance(overrides, dict):
+        raise DatasetError(f"{where}: expected a mapping of config fields, got {overrides!r}")
+    unknown = sorted(set(overrides) - set(config_cls.model_fields))
+    if unknown:
+        raise DatasetError(f"{where}.{unknown[0]}: not a config field of {asset} (fields: {', '.join(sorted(config_cls.model_fields))})")
+    try:
+        validated = config_cls(**overrides).model_dump()
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(x) for x in first["loc"])
+        raise DatasetError(f"{where}.{field}: {first['msg']} (got {first.get('input')!r})") from None
+    return {k: validated[k] for k in overrides}
+
+
+def resolve_config(config: dg.Config, spec: DatasetSpec, asset: str, explicit: set[str] | dict | None = None) -> dict:
+    """Config values: set explicitly > the dataset's overrides in the datasets file > the budget
+    preset (:mod:`retriever_forge.budget`) > defaults.
+
+    ``explicit`` names the fields the user set (an asset passes what its run config holds, see
+    :func:`effective_config`); ``None`` means the fields given to ``config``'s constructor, for a
+    config built in code. Assets a budget sizes have a ``budget`` config field; unset, it is the
+    dataset's ``budget:`` in datasets.yaml, else ``standard``. The resolved name is recorded as
+    ``values["budget"]``.
+
+    Raises:
+        dg.Failure: an override that is not a field of ``asset``'s config or has the wrong type,
+            naming the datasets file, the dataset and the field.
+    """
+    try:
+        overrides = dataset_overrides(spec, asset, type(config))
+    except DatasetError as e:
+        raise dg.Failure(str(e)) from None
+    explicit = set(config.model_fields_set if explicit is None else explicit)
     values = config.model_dump()
-    explicit = explicit_fields(context, config, asset)
     if "budget" in values:
         from retriever_forge.budget import DEFAULT_BUDGET, check_budget, preset_values
 
@@ -110,13 +163,44 @@ def effective_config(config: dg.Config, spec: DatasetSpec, asset: str, context: 
         for key, value in preset_values(values["budget"], asset).items():
             if key in values and key not in explicit:
                 values[key] = value
-    overrides = (spec.extra or {}).get("overrides", {}).get(asset, {})
-    for key, value in overrides.items():
-        if key not in values:
-            raise dg.Failure(f"datasets file: dataset {spec.name!r}: {asset}.{key} is not a config field of {asset}")
-        if key not in explicit:
-            values[key] = value
+    values.update({k: v for k, v in overrides.items() if k not in explicit})
     return values
+
+
+def effective_config(context: dg.AssetExecutionContext, config: dg.Config) -> dict:
+    """The values this asset uses: :func:`resolve_config` with "explicit" read from the run config.
+
+    The one path from run config to an asset's values. A value typed in the run config (or the
+    Launchpad) wins even when it equals the code default.
+    """
+    return resolve_config(config, dataset_spec(context), context.op_def.name, run_config_values(context))
+
+
+def dataset_run_config(spec: DatasetSpec, config_classes: dict[str, type[dg.Config]]) -> dict:
+    """Run config holding the values a run of this dataset will use beyond the code defaults, for the
+    Launchpad: the budget preset's values (assets with a ``budget`` field) under the dataset's
+    validated overrides.
+
+    Overrides for an asset that is not in ``config_classes`` (a typo, or an asset without config)
+    are an error naming the datasets file and the dataset.
+    """
+    from retriever_forge.budget import DEFAULT_BUDGET, check_budget, preset_values
+
+    by_asset = (spec.extra or {}).get("overrides") or {}
+    unknown = sorted(set(by_asset) - set(config_classes))
+    if unknown:
+        raise DatasetError(f"{datasets_file()}: dataset {spec.name!r}: overrides.{unknown[0]}: no such configurable asset "
+                           f"(assets with config: {', '.join(sorted(config_classes))})")  # fmt: skip
+    ops = {}
+    for asset, cls in config_classes.items():
+        values = {}
+        if "budget" in cls.model_fields:
+            budget = check_budget(getattr(spec, "budget", None) or DEFAULT_BUDGET)
+            values = {"budget": budget, **{k: v for k, v in preset_values(budget, asset).items() if k in cls.model_fields}}
+        values.update(dataset_overrides(spec, asset, cls))
+        if values:
+            ops[asset] = {"config": values}
+    return {"ops": ops} if ops else {}
 
 
 def read_table(store: ArtifactStore, ref: ArtifactRef) -> pl.DataFrame:
@@ -194,27 +278,51 @@ def publish(
         extra={"seconds": timing.get("seconds"), **(extra or {})},
     )
     store.write_manifest(ref, manifest)
-    md = {
-        "artifact_hash": ref.hash,
-        "artifact_path": dg.MetadataValue.path(ref.payload_uri),
-        "code_version": manifest["code_version"],
-        "upstream_hashes": dg.MetadataValue.json(manifest["upstream"]),
-        "seconds": timing.get("seconds"),
-        "manifest": dg.MetadataValue.json(manifest),
-    }
+    # What a person reads comes first (the asset's own entries, in the order it gave them); then
+    # one provenance block with short hashes, and the full manifest behind a single entry.
+    md = dict(metadata or {})
     if rows is not None:
         md["dagster/row_count"] = rows
-    if models:
-        md["models"] = dg.MetadataValue.json(models)
+    md["provenance"] = dg.MetadataValue.md(provenance_markdown(ref, manifest, timing.get("seconds")))
     if prompts:
         md["prompts"] = dg.MetadataValue.json(prompts)
     if config:
         md["config"] = dg.MetadataValue.json(config)
     if with_trace:
         md["lineage"] = dg.MetadataValue.md(trace_markdown(trace(store, ref.hash)))
-    md.update(metadata or {})
-    return dg.Output(ref, output_name=output_name, metadata=md, data_version=dg.DataVersion(ref.hash))
+    md["artifact_path"] = dg.MetadataValue.path(ref.payload_uri)
+    md["manifest"] = dg.MetadataValue.json(manifest)
+    with warnings.catch_warnings():  # data_version is a beta parameter, used on purpose: the artifact hash is the version
+        warnings.filterwarnings("ignore", message=".*data_version.*")
+        return dg.Output(ref, output_name=output_name, metadata=md, data_version=dg.DataVersion(ref.hash))
+
+
+SHORT_HASH = 12
+
+
+def provenance_markdown(ref: ArtifactRef, manifest: dict, seconds: float | None) -> str:
+    """Hashes once, short: this artifact, the code, each upstream artifact and model (full ones: the manifest)."""
+    upstream = manifest.get("upstream") or {}
+    ups = ", ".join(f"{name} `{u['hash'][:SHORT_HASH]}`" for name, u in sorted(upstream.items()))
+    models = ", ".join(f"{role} {m.get('id', '')} `{str(m.get('weights_hash', ''))[:SHORT_HASH]}`" for role, m in (manifest.get("models") or {}).items())
+    lines = [f"artifact `{ref.hash[:SHORT_HASH]}` · code `{str(manifest.get('code_version', ''))[:SHORT_HASH]}`"
+             + (f" · {seconds} s" if seconds is not None else ""),
+             f"upstream: {ups}" if ups else "upstream: none (a source)", *([f"models: {models}"] if models else [])]  # fmt: skip
+    return "  \n".join(lines)
 
 
 def log_progress(context: dg.AssetExecutionContext):
-    return lambda message: context.log.info(message)
+    """A domain ``progress`` callback: messages go to the run log; training's step events also move a bar."""
+    from retriever_forge.progress import progress_bar
+
+    bars = {}
+
+    def report(message) -> None:
+        if isinstance(message, dict) and "step" in message and "total_steps" in message:
+            bar = bars.get("train") or bars.setdefault("train", progress_bar(int(message["total_steps"]), "train", unit="step"))
+            bar.update(1)
+            if message["step"] >= message["total_steps"]:
+                bar.close()
+        context.log.info(message)
+
+    return report

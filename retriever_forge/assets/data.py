@@ -8,6 +8,9 @@ from retriever_forge import schemas
 from retriever_forge.assets.common import (
     CODE_VERSION,
     DATASET_PARTITIONS,
+    asset_owners,
+    asset_tags,
+    check_spec,
     dataset_partitions,
     dataset_spec,
     markdown_table,
@@ -20,10 +23,9 @@ from retriever_forge.provenance import build_manifest
 from retriever_forge.resources import ArtifactStoreResource
 
 CHECKS = [
-    dg.AssetCheckSpec("corpus_schema", asset="corpus", blocking=True),
-    dg.AssetCheckSpec("corpus_non_empty_unique_ids", asset="corpus", blocking=True),
-    dg.AssetCheckSpec("corpus_quarantine", asset="corpus", blocking=True,
-                      description="Rows set aside as unusable (bad JSON, bad ids, empty or oversized passages) stay "
+    check_spec("corpus_schema", "corpus", "The corpus table has the expected columns and types (doc_id, title, text).", blocking=True),
+    check_spec("corpus_non_empty_unique_ids", "corpus", "The corpus has passages and no doc_id appears twice.", blocking=True),
+    check_spec("corpus_quarantine", "corpus", blocking=True, description="Rows set aside as unusable (bad JSON, bad ids, empty or oversized passages) stay "
                                   "within the dataset's max_quarantine_share; the table of them is stored beside the corpus."),
 ]  # fmt: skip
 
@@ -57,11 +59,11 @@ def dataset_source(context) -> dg.DataVersionsByPartition:
 @dg.multi_asset(
     deps=[dataset_source],
     outs={
-        "corpus": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars", "parquet"},
+        "corpus": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars", "parquet"}, owners=asset_owners(), tags=asset_tags("data"),
                               description="Passages of the dataset: doc_id, title, text."),
-        "eval_queries": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars"},
+        "eval_queries": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars"}, owners=asset_owners(), tags=asset_tags("data"),
                                     description="Human-judged test queries (empty when the dataset has none)."),
-        "eval_qrels": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars"},
+        "eval_qrels": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars"}, owners=asset_owners(), tags=asset_tags("data"),
                                   description="Human relevance judgments (empty when the dataset has none)."),
     },
     partitions_def=dataset_partitions,

@@ -11,29 +11,44 @@ import polars as pl
 from pydantic import Field
 
 from retriever_forge.artifacts import ArtifactRef, ArtifactStore
-from retriever_forge.assets.common import CODE_VERSION, GPU_POOL, dataset_partitions, dataset_spec, effective_config, publish, timed
+from retriever_forge.assets.common import (
+    CODE_VERSION,
+    GPU_POOL,
+    asset_owners,
+    asset_tags,
+    check_spec,
+    dataset_partitions,
+    dataset_spec,
+    effective_config,
+    publish,
+    timed,
+)
 from retriever_forge.assets.generation import _corpus_embeddings
 from retriever_forge.assets.training import judge_verdict
 from retriever_forge.encoding import encode_queries
-from retriever_forge.evaluation import MEASURES, bm25_run, dense_run, qrels_dict, score_run, scoreboard_markdown
-from retriever_forge.indexing import build_corpus_index, load_corpus_index, search_corpus_index
-from retriever_forge.judging import steering_judgments
+from retriever_forge.evaluation import bm25_run, dense_run, qrels_dict, query_movers, score_systems, scoreboard_markdown, synthetic_eval_set
+from retriever_forge.fusion import choose_fusion, fuse
+from retriever_forge.indexing import build_corpus_index, load_corpus_index, read_fusion, search_corpus_index, write_fusion
 from retriever_forge.resources import ArtifactStoreResource, EncoderResource
 
 
 class CorpusIndexConfig(dg.Config):
     index_type: str = Field(default="auto", description="flat | hnsw | ivf | auto (flat below exact_max_docs).")
     exact_max_docs: int = Field(default=200_000, description="auto: largest corpus indexed exactly.")
+    fusion_depth: int = Field(default=100, description="Hybrid: documents fused per query from BM25 and the dense run.")
 
 
 class BenchmarkConfig(dg.Config):
     depth: int = Field(default=100, description="Documents retrieved per query.")
     max_regression: float = Field(default=0.02, description="Asset check: fine-tuned nDCG@10 may trail the base by at most this.")
+    seed: int = Field(default=0, description="Seeds the randomization tests and bootstrap intervals of the scoreboard.")
 
 
 @dg.asset(
     partitions_def=dataset_partitions,
     group_name="evaluation",
+    owners=asset_owners(),
+    tags=asset_tags("evaluation"),
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
     pool=GPU_POOL,
@@ -43,53 +58,67 @@ def corpus_index(
     context: dg.AssetExecutionContext,
     config: CorpusIndexConfig,
     corpus: ArtifactRef,
+    synthetic_queries: ArtifactRef,
+    relevance_judgments: ArtifactRef,
     fine_tuned_encoder: ArtifactRef,
     artifact_store: ArtifactStoreResource,
     encoder: EncoderResource,
 ):
-    """FAISS index of the corpus embedded by the fine-tuned encoder (index file + doc ids)."""
-    values = effective_config(config, dataset_spec(context), "corpus_index", context)
+    """FAISS index of the corpus embedded by the fine-tuned encoder (index file + doc ids), with its hybrid.
+
+    The hybrid fuses BM25 with the dense run; its method (RRF or a convex combination of
+    normalised scores) and weight are chosen on the synthetic *dev* queries and stored with the
+    index (``fusion.json``), for the fine-tuned encoder (``hybrid``) and the base (``hybrid-base``).
+    """
+    values = effective_config(context, config)
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     with timed(context) as t:
         tuned = encoder.load(str(store.local_path(fine_tuned_encoder)))
         emb = _corpus_embeddings(tuned, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+        doc_ids = corpus_df["doc_id"].to_list()
+        dev_queries, dev_qrels = synthetic_eval_set(store.read_table(synthetic_queries), store.read_table(relevance_judgments), split="dev")
+        depth, texts, dev_ids = values["fusion_depth"], dev_queries["text"].to_list(), dev_queries["query_id"].to_list()
+        lexical = bm25_run(corpus_df, dev_queries, k=depth) if dev_queries.height else {}
+        base = encoder.load()
+        base_emb = _corpus_embeddings(base, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+        dense = {name: dense_run(encode_queries(enc, texts), np.asarray(e), dev_ids, doc_ids, k=depth) if texts else {}
+                 for name, enc, e in (("hybrid", tuned, emb), ("hybrid-base", base, base_emb))}  # fmt: skip
+        qrels = qrels_dict(dev_qrels)
+        fusion = {name: choose_fusion(lexical, run, qrels, depth=depth) for name, run in dense.items()}
+        fusion["hybrid"]["dense"], fusion["hybrid-base"]["dense"] = "fine_tuned_encoder", base.name
         with tempfile.TemporaryDirectory() as tmp:
-            info = build_corpus_index(np.asarray(emb), corpus_df["doc_id"].to_list(), Path(tmp),
+            info = build_corpus_index(np.asarray(emb), doc_ids, Path(tmp),
                                       index_type=values["index_type"], exact_max_docs=values["exact_max_docs"])  # fmt: skip
+            write_fusion(Path(tmp), fusion)
             ref = store.put_folder(tmp, "corpus_index", payload="index")
     return publish(
-        context, store, ref, asset="corpus_index", upstream={"corpus": corpus, "fine_tuned_encoder": fine_tuned_encoder},
+        context, store, ref, asset="corpus_index",
+        upstream={"corpus": corpus, "synthetic_queries": synthetic_queries, "relevance_judgments": relevance_judgments,
+                  "fine_tuned_encoder": fine_tuned_encoder},
         timing=t, rows=corpus_df.height, config=values,
-        models={"encoder": {"id": "fine_tuned_encoder", "weights_hash": fine_tuned_encoder.hash}},
-        metadata={"index_type": info["index_type"], "dimension": info["dimension"], "vectors": info["vectors"]},
+        models={"encoder": {"id": "fine_tuned_encoder", "weights_hash": fine_tuned_encoder.hash},
+                "base_encoder": {"id": base.name, "weights_hash": base.weights_hash}},
+        metadata={"hybrid": dg.MetadataValue.md(_fusion_markdown(fusion)), "index_type": info["index_type"],
+                  "dimension": info["dimension"], "vectors": info["vectors"], "fusion": dg.MetadataValue.json(fusion)},
     )  # fmt: skip
 
 
-def synthetic_eval_set(queries: pl.DataFrame, judgments: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Held-out synthetic queries and LLM pseudo-qrels, for corpora without human judgments.
-
-    The source passage counts as relevant (grade at least 1, as in InPars/GPL; 1 where the judge
-    did not grade it, e.g. a judge that failed its self-check); retrieved candidates count when
-    the judge graded them 2 or 3.
-    """
-    # LLM queries only: a corpus crop (style "crop") is a copy of its passage, no test of retrieval.
-    test = queries.filter(pl.col("dropped_by").is_null() & (pl.col("split") == "test") & (pl.col("style") != "crop"))
-    j = steering_judgments(judgments).filter(pl.col("query_id").is_in(test["query_id"].implode()))
-    source_grade = j.filter(pl.col("pair_type") == "source").select("query_id", "doc_id", "grade").unique(["query_id", "doc_id"])
-    sources = test.select("query_id", "doc_id").join(source_grade, on=["query_id", "doc_id"], how="left")
-    qrels = pl.concat([
-        sources.select("query_id", "doc_id", pl.max_horizontal(pl.col("grade").fill_null(1), pl.lit(1)).alias("relevance")),
-        j.filter((pl.col("pair_type") == "candidate") & (pl.col("grade") >= 2)).select("query_id", "doc_id", pl.col("grade").alias("relevance")),
-    ]).unique(["query_id", "doc_id"], keep="first").cast({"relevance": pl.Int64})  # fmt: skip
-    return test.select("query_id", "text"), qrels
+def _fusion_markdown(fusion: dict) -> str:
+    lines = ["| system | method | parameters | dev queries | dev nDCG@10 of the choice |", "|---|---|---|---|---|"]
+    for name, f in fusion.items():
+        label = f"rrf(k={f['params']['k']})" if f["method"] == "rrf" else f"convex(w_bm25={f['params']['weights'][0]})"
+        lines.append(f"| {name} (BM25 + {f['dense']}) | {f['method']} | `{json.dumps(f['params'])}` | {f['dev_queries']} "
+                     f"| {f['dev_ndcg_cut_10'].get(label, float('nan')):.4f} |")  # fmt: skip
+    return "\n".join([*lines, "", "Chosen on the synthetic dev queries only (never the test qrels); stored with the index as `fusion.json`."])
 
 
 def published_weights(store, fine_tuned_encoder: ArtifactRef) -> str:
     """``base`` when no training step beat the base model on dev (its weights were published),
     else ``fine-tuned (step N of M)``."""
     training = ((store.read_manifest(fine_tuned_encoder) or {}).get("extra") or {}).get("training") or {}
-    if training.get("best_step") == 0:
+    # kept_base_weights: step 0 won a dev evaluation (without dev queries the last step's weights are published)
+    if training.get("kept_base_weights", training.get("best_step") == 0):
         return "base"
     return f"fine-tuned (step {training.get('best_step')} of {training.get('steps')})"
 
@@ -97,13 +126,14 @@ def published_weights(store, fine_tuned_encoder: ArtifactRef) -> str:
 @dg.asset(
     partitions_def=dataset_partitions,
     group_name="evaluation",
+    owners=asset_owners(),
+    tags=asset_tags("evaluation"),
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
     pool=GPU_POOL,
     kinds={"polars"},
     check_specs=[
-        dg.AssetCheckSpec("fine_tuned_not_worse", asset="benchmark_scores",
-                          description="Fine-tuned nDCG@10 is not below the base encoder's by more than max_regression."),
+        check_spec("fine_tuned_not_worse", "benchmark_scores", description="Fine-tuned nDCG@10 is not below the base encoder's by more than max_regression."),
     ],
 )  # fmt: skip
 def benchmark_scores(
@@ -121,7 +151,7 @@ def benchmark_scores(
 ):
     """nDCG@10, Recall@100, MAP and MRR (pytrec_eval) for BM25, the base and the fine-tuned encoder."""
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "benchmark_scores", context)
+    values = effective_config(context, config)
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     queries, qrels = store.read_table(eval_queries), store.read_table(eval_qrels)
@@ -144,22 +174,37 @@ def benchmark_scores(
             base_corpus = _corpus_embeddings(base, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
             runs["base"] = dense_run(encode_queries(base, query_texts), np.asarray(base_corpus), query_ids, doc_ids, k=values["depth"])
         seconds["base"] = ts["seconds"]
+        index_dir = store.local_path(corpus_index)
+        fusion = read_fusion(index_dir)
+        if "hybrid-base" in fusion:
+            with timed() as ts:
+                runs["hybrid-base"] = fuse([runs["bm25"], runs["base"]], fusion["hybrid-base"]["method"], fusion["hybrid-base"]["params"], values["depth"])
+            seconds["hybrid-base"] = round(seconds["bm25"] + seconds["base"] + ts["seconds"], 2)
         with timed() as ts:
             tuned = encoder.load(str(store.local_path(fine_tuned_encoder)))
-            index = load_corpus_index(store.local_path(corpus_index))
+            index = load_corpus_index(index_dir)
             runs["fine-tuned"] = search_corpus_index(index, encode_queries(tuned, query_texts), query_ids, k=values["depth"])
         seconds["fine-tuned"] = ts["seconds"]
-        per_query, rows = [], []
-        for system, run in runs.items():
-            pq, agg = score_run(run, qrels_by_query)
-            per_query.append(pq.with_columns(pl.lit(system).alias("system")))
-            rows.append({"system": system, **agg, "queries": pq.height, "judgments": judged_by, "search_seconds": seconds[system]})
-        table = pl.concat(per_query).select("system", "query_id", *MEASURES)
+        if "hybrid" in fusion:
+            with timed() as ts:
+                runs["hybrid"] = fuse([runs["bm25"], runs["fine-tuned"]], fusion["hybrid"]["method"], fusion["hybrid"]["params"], values["depth"])
+            seconds["hybrid"] = round(seconds["bm25"] + seconds["fine-tuned"] + ts["seconds"], 2)
+        table, rows = score_systems(runs, qrels_by_query, seed=values["seed"])
+        for row in rows:
+            row.update(judgments=judged_by, search_seconds=seconds[row["system"]])
+            if row["system"] in fusion:
+                row["fusion"] = {k: fusion[row["system"]][k] for k in ("method", "params", "chosen_on", "dev_queries")}
+        kept_base = published_weights(store, fine_tuned_encoder) == "base"
+        for row in rows:
+            if row["system"] in ("fine-tuned", "hybrid"):
+                row["kept_base_weights"] = kept_base
+        movers = query_movers(table, runs, qrels_by_query, dict(zip(query_ids, query_texts, strict=True)))
         ref = store.put_table(table, "benchmark_scores")
     judge = {k: v for k, v in judge_verdict(store, relevance_judgments).items() if k in ("auc", "pairs", "used")}
     weights = published_weights(store, fine_tuned_encoder)
     markdown = scoreboard_markdown(rows, judged_by) + "\n\n" + scoreboard_notes(judge, weights)
-    scoreboard_path = _write_scoreboard(store, spec.name, rows, markdown, ref, extra={"judge": judge, "published_weights": weights})
+    scoreboard_path = _write_scoreboard(store, spec.name, rows, markdown, ref, movers,
+                                        extra={"judge": judge, "published_weights": weights})  # fmt: skip
     by_system = {r["system"]: r for r in rows}
     yield publish(
         context, store, ref, asset="benchmark_scores",
@@ -168,16 +213,21 @@ def benchmark_scores(
         timing=t, rows=table.height, config=values,
         models={"base_encoder": {"id": base.name, "weights_hash": base.weights_hash},
                 "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": fine_tuned_encoder.hash}},
-        metadata={"scoreboard": dg.MetadataValue.md(markdown), "judgments": judged_by,
-                  "judge": dg.MetadataValue.json(judge), "published_weights": weights,
+        metadata={"scoreboard": dg.MetadataValue.md(markdown), "queries_moved": dg.MetadataValue.md(_movers_markdown(movers)),
+                  "per_query_delta": dg.MetadataValue.md(_delta_chart(table)), "judgments": judged_by,
+                  "published_weights": weights, "kept_base_weights": kept_base, "judge": dg.MetadataValue.json(judge),
                   "scoreboard_file": dg.MetadataValue.path(scoreboard_path),
                   **{f"ndcg_cut_10/{s}": r["ndcg_cut_10"] for s, r in by_system.items()}},
         with_trace=True,
     )  # fmt: skip
     delta = by_system["fine-tuned"]["ndcg_cut_10"] - by_system["base"]["ndcg_cut_10"]
+    check_md = {"ndcg_cut_10_delta": round(delta, 4), "judgments": judged_by, "kept_base_weights": kept_base}
+    if kept_base:  # delta 0 by construction: not evidence that fine-tuning worked
+        check_md["note"] = "training kept the base weights: the fine-tuned model is the base model, so this delta says nothing"
     yield dg.AssetCheckResult(
-        check_name="fine_tuned_not_worse", asset_key="benchmark_scores", passed=bool(delta >= -values["max_regression"]),
-        severity=dg.AssetCheckSeverity.WARN, metadata={"ndcg_cut_10_delta": round(delta, 4), "judgments": judged_by},
+        check_name="fine_tuned_not_worse", asset_key="benchmark_scores",
+        passed=bool(delta >= -values["max_regression"]) and not kept_base,
+        severity=dg.AssetCheckSeverity.WARN, metadata=check_md,
     )  # fmt: skip
 
 
@@ -190,10 +240,38 @@ def scoreboard_notes(judge: dict, weights: str) -> str:
     return "\n".join(lines)
 
 
-def _write_scoreboard(store: ArtifactStore, dataset: str, rows: list[dict], markdown: str, ref: ArtifactRef, extra: dict | None = None) -> str:
+def _delta_chart(table) -> str:
+    from retriever_forge.charts import bar_chart, markdown_image
+
+    tuned = table.filter(system="fine-tuned").select("query_id", "ndcg_cut_10")
+    base = table.filter(system="base").select("query_id", pl.col("ndcg_cut_10").alias("base"))
+    d = tuned.join(base, on="query_id").with_columns((pl.col("ndcg_cut_10") - pl.col("base")).alias("delta")).sort("delta", descending=True)
+    png = bar_chart(d["query_id"].to_list(), d["delta"].to_list(), title="per-query nDCG@10: fine-tuned - base (sorted)",
+                    ylabel="delta", signed=True)  # fmt: skip
+    return markdown_image(png, "per-query nDCG@10 delta, fine-tuned vs base")
+
+
+def _movers_markdown(movers: dict) -> str:
+    sys, ref = movers["system"], movers["reference"]
+    lines = [f"| | query | Δ nDCG@10 | best relevant rank ({ref} → {sys}) |", "|---|---|---|---|"]
+    for label in ("gained", "lost"):
+        for m in movers[label]:
+            ranks = m["best_relevant_rank"]
+            text = m["text"].replace("|", "\\|")[:100]
+            lines.append(f"| {label} | `{m['query_id']}` {text} | {m['delta']:+.3f} | {ranks[ref] or '>100'} → {ranks[sys] or '>100'} |")
+    return "\n".join(lines) if len(lines) > 2 else f"No query moved between {ref} and {sys}."
+
+
+def _write_scoreboard(store: ArtifactStore, dataset: str, rows: list[dict], markdown: str, ref: ArtifactRef,
+                      movers: dict, extra: dict | None = None) -> str:  # fmt: skip
     """A human-findable copy of the latest scoreboard per dataset (the artifact itself is immutable),
     in the artifact store beside the artifacts; returns the Markdown copy's URL."""
-    store.write_text(store.scoreboard_path(dataset, "md"), f"# {dataset}\n\n{markdown}\n\nArtifact: `{ref.hash}`\n")
-    record = {"dataset": dataset, "artifact_hash": ref.hash, "systems": rows, **(extra or {})}
-    store.write_text(store.scoreboard_path(dataset, "json"), json.dumps(record, indent=1))
+    store.write_text(store.scoreboard_path(dataset, "md"),
+                     f"# {dataset}\n\n{markdown}\n\n## Queries that moved most\n\n{_movers_markdown(movers)}\n\nArtifact: `{ref.hash}`\n")  # fmt: skip
+    board = {"dataset": dataset, "artifact_hash": ref.hash, "systems": rows, "movers": movers,
+             "tests": "delta: mean per-query nDCG@10 (system - reference); p_value: two-sided Fisher randomization (sign flip, seeded); "
+                      "p_value_t: paired t-test; p_value_holm: Holm over the board's distinct pairs; ci95: percentile bootstrap",
+             **(extra or {})}  # fmt: skip
+    store.write_text(store.scoreboard_path(dataset, "json"), json.dumps(board, indent=1))
     return store.url(store.scoreboard_path(dataset, "md"))
+

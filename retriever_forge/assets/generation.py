@@ -11,12 +11,17 @@ from retriever_forge.assets.common import (
     CODE_VERSION,
     LLM_POOL,
     LLM_RETRY_POLICY,
+    asset_owners,
+    asset_tags,
+    check_spec,
     dataset_partitions,
     dataset_spec,
     effective_config,
     log_progress,
     markdown_table,
     publish,
+    resolve_config,
+    run_config_values,
     timed,
 )
 from retriever_forge.budget import estimate_plan, plan_message
@@ -93,14 +98,16 @@ def _corpus_embeddings(encoder, corpus: pl.DataFrame, cache_dir, batch_size: int
 @dg.asset(
     partitions_def=dataset_partitions,
     group_name="generation",
+    owners=asset_owners(),
+    tags=asset_tags("generation"),
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
     pool=LLM_POOL,
     retry_policy=LLM_RETRY_POLICY,
     kinds={"polars", "llm"},
     check_specs=[
-        dg.AssetCheckSpec("unparseable_share", asset="synthetic_queries", blocking=True),
-        dg.AssetCheckSpec("enough_queries", asset="synthetic_queries", blocking=True),
+        check_spec("unparseable_share", "synthetic_queries", "The share of LLM outputs that could not be parsed into a query stays at or below max_unparseable_share.", blocking=True),
+        check_spec("enough_queries", "synthetic_queries", "At least one synthetic query survived the filters into the train split (training needs them).", blocking=True),
     ],
 )
 def synthetic_queries(
@@ -114,7 +121,7 @@ def synthetic_queries(
 ):
     """LLM-written queries for sampled passages (InPars/Promptagator), with every filter decision kept."""
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "synthetic_queries", context)
+    values = effective_config(context, config)
     preset = values["budget"]
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
@@ -137,8 +144,9 @@ def synthetic_queries(
     # The plan, before any LLM call: what this run will generate and judge, and how long that
     # takes at the throughput measured here (the judging part depends on the judge's self-check).
     eligible, min_words = eligible_passages(corpus_df, qg.min_passage_words)
-    judging_run_config = (((context.run.run_config or {}).get("ops") or {}).get("relevance_judgments") or {}).get("config") or {}
-    judging = effective_config(RelevanceJudgmentsConfig(**{"budget": preset, **judging_run_config}), spec, "relevance_judgments", context)
+    typed = run_config_values(context, "relevance_judgments")  # the judge's values as this run will resolve them
+    judging = resolve_config(RelevanceJudgmentsConfig(**{**typed, "budget": typed.get("budget", preset)}), spec, "relevance_judgments",
+                             explicit=set(typed) | {"budget"})  # fmt: skip
     plan = estimate_plan(
         eligible.height, preset, corpus_passages=corpus_df.height, documents_to_sample=qg.documents_to_sample,
         queries_per_document=qg.queries_per_document, calibration_queries=judging["calibration_queries"],
@@ -170,13 +178,13 @@ def synthetic_queries(
         rows=queries.height, config=values, models=models, prompts=templates,
         sampling=dict(temperature=qg.temperature, max_new_tokens=qg.max_new_tokens), seeds={"seed": qg.seed},
         metadata={
+            "query_sample": dg.MetadataValue.md(query_sample_markdown(queries, corpus_df, qg.seed)),
             "kept_queries": summary["kept"],
             "dropped_by_filter": dg.MetadataValue.json(summary["dropped"]),
             "splits": dg.MetadataValue.json(summary["splits"]),
             "llm_stats": dg.MetadataValue.json(stats),
             "plan": dg.MetadataValue.json(plan),
             "queries_per_second": round(summary["generated"] / max(stats.get("seconds", 0.0), 1e-9), 2) if stats.get("misses") else None,
-            "sample_queries": dg.MetadataValue.md(markdown_table(kept.select("doc_id", "style", "text"), 10)),
         },
     )  # fmt: skip
     share = summary["unparseable_share"]
@@ -188,6 +196,45 @@ def synthetic_queries(
         check_name="enough_queries", asset_key="synthetic_queries", passed=summary["splits"].get("train", 0) > 0,
         metadata={"kept": summary["kept"], "splits": dg.MetadataValue.json(summary["splits"])},
     )  # fmt: skip
+
+
+def query_sample_markdown(queries: pl.DataFrame, corpus: pl.DataFrame, seed: int) -> str:
+    """One query per (style, split, filter outcome), with its passage and, if dropped, why."""
+    from retriever_forge.samples import snippet, stratified_sample
+
+    sample = stratified_sample(queries, ["style", "split", "dropped_by"], per_group=1, seed=seed).head(30)
+    sample = sample.join(corpus.select("doc_id", pl.col("text").alias("passage")), on="doc_id", how="left")
+    rows = pl.DataFrame({
+        "style": sample["style"], "split": sample["split"],
+        "outcome": [f"dropped: {d}" if d else "kept" for d in sample["dropped_by"]],
+        "query": [q or f"(unparseable: {snippet(r, 60)})" for q, r in zip(sample["text"], sample["raw_output"], strict=True)],
+        "passage": [snippet(p, 140) for p in sample["passage"]],
+    })  # fmt: skip
+    return markdown_table(rows, max_rows=30, max_chars=160)
+
+
+def judged_pairs_markdown(judgments: pl.DataFrame, queries: pl.DataFrame, corpus: pl.DataFrame, seed: int = 0) -> str:
+    """Two judged pairs per (pair type, grade): the query, the passage and the judge's grade."""
+    from retriever_forge.samples import snippet, stratified_sample
+
+    sample = stratified_sample(judgments, ["pair_type", "grade"], per_group=2, seed=seed)
+    sample = sample.join(queries.select("query_id", pl.col("text").alias("query")), on="query_id", how="left")
+    sample = sample.join(corpus.select("doc_id", pl.col("text").alias("passage")), on="doc_id", how="left")
+    rows = pl.DataFrame({
+        "pair": sample["pair_type"], "grade": sample["grade"], "expected": sample["expected_grade"].round(2),
+        "query": sample["query"], "passage": [snippet(p, 140) for p in sample["passage"]],
+    })  # fmt: skip
+    return markdown_table(rows, max_rows=20, max_chars=160)
+
+
+def grade_histogram_markdown(judgments: pl.DataFrame) -> str:
+    """Grade counts for source pairs and for retrieved candidates, as one PNG bar chart."""
+    from retriever_forge.charts import bar_chart, markdown_image
+
+    counts = {(r["pair_type"], r["grade"]): r["len"] for r in judgments.group_by("pair_type", "grade").len().iter_rows(named=True)}
+    labels = [f"{t} {g}" for t in ("source", "candidate") for g in range(4)]
+    values = [counts.get((t, g), 0) for t in ("source", "candidate") for g in range(4)]
+    return markdown_image(bar_chart(labels, values, title="judge grades (0-3) by pair type", ylabel="pairs"), "grade histogram")
 
 
 def judgment_pairs(queries: pl.DataFrame, corpus: pl.DataFrame, corpus_emb: np.ndarray, query_emb: np.ndarray, cfg: JudgingConfig) -> pl.DataFrame:
@@ -218,14 +265,15 @@ def judgment_pairs(queries: pl.DataFrame, corpus: pl.DataFrame, corpus_emb: np.n
 @dg.asset(
     partitions_def=dataset_partitions,
     group_name="generation",
+    owners=asset_owners(),
+    tags=asset_tags("generation"),
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
     pool=LLM_POOL,
     retry_policy=LLM_RETRY_POLICY,
     kinds={"polars", "llm"},
     check_specs=[
-        dg.AssetCheckSpec("judged_grade_distribution", asset="relevance_judgments",
-                          description="Source passages should be judged more relevant than retrieved candidates."),
+        check_spec("judged_grade_distribution", "relevance_judgments", description="Source passages should be judged more relevant than retrieved candidates."),
     ],
 )  # fmt: skip
 def relevance_judgments(
@@ -243,8 +291,7 @@ def relevance_judgments(
     (relevant) and a random passage (not relevant). Below ``min_judge_auc`` ROC AUC its grades
     are noise, so the rest is not judged and the judge filter and graded loss are off downstream.
     """
-    spec = dataset_spec(context)
-    values = effective_config(config, spec, "relevance_judgments", context)
+    values = effective_config(context, config)
     cfg = JudgingConfig(template=values["template"], candidates_per_query=values["candidates_per_query"],
                         candidate_rank_start=values["candidate_rank_start"], calibration_queries=values["calibration_queries"],
                         min_auc=values["min_judge_auc"], seed=values["seed"])  # fmt: skip
@@ -283,9 +330,11 @@ def relevance_judgments(
         context, store, ref, asset="relevance_judgments",
         upstream={"corpus": corpus, "synthetic_queries": synthetic_queries}, timing=t, rows=judgments.height,
         config=values, models=models, prompts={"judge": template.as_record()}, extra={"judge": judge_record},
-        metadata={"grades": dg.MetadataValue.json(summary), "llm_stats": dg.MetadataValue.json(dict(judge.stats)),
-                  "judge_auc": check["auc"], "judge_used": check["used"],
-                  "judge_check": dg.MetadataValue.md(judge_check_message(check))},
+        metadata={"judged_pairs": dg.MetadataValue.md(judged_pairs_markdown(judgments, queries, corpus_df)),
+                  "grade_histogram": dg.MetadataValue.md(grade_histogram_markdown(judgments)),
+                  "judge_check": dg.MetadataValue.md(judge_check_message(check)),
+                  "grades": dg.MetadataValue.json(summary), "llm_stats": dg.MetadataValue.json(dict(judge.stats)),
+                  "judge_auc": check["auc"], "judge_used": check["used"]},
     )  # fmt: skip
     if check["used"] and cfg.calibration_queries == 0:
         src = summary.get("source", {}).get("mean_expected_grade", 0.0)

@@ -12,6 +12,9 @@ from retriever_forge.artifacts import ArtifactRef
 from retriever_forge.assets.common import (
     CODE_VERSION,
     GPU_POOL,
+    asset_owners,
+    asset_tags,
+    check_spec,
     dataset_partitions,
     dataset_spec,
     effective_config,
@@ -111,9 +114,37 @@ def _kept(store, ref) -> pl.DataFrame:
     return store.read_table(ref).filter(pl.col("dropped_by").is_null())
 
 
+def filter_decisions_markdown(decisions: dict[str, int]) -> str:
+    """Counts per mining filter outcome, each with what it means."""
+    from retriever_forge.samples import NEGATIVE_FILTERS
+
+    lines = ["| outcome | candidates | meaning |", "|---|---|---|"]
+    for name, n in sorted(decisions.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {name} | {n} | {NEGATIVE_FILTERS.get(None if name == 'kept' else name, '')} |")
+    return "\n".join(lines)
+
+
+def negatives_sample_markdown(candidates: pl.DataFrame, queries: pl.DataFrame, corpus: pl.DataFrame, seed: int) -> str:
+    """Three mined candidates per filter outcome: the query, the candidate passage, its rank, scores and the reason."""
+    from retriever_forge.samples import NEGATIVE_FILTERS, snippet, stratified_sample
+
+    sample = stratified_sample(candidates, ["dropped_by"], per_group=3, seed=seed)
+    sample = sample.join(queries.select("query_id", pl.col("text").alias("query")), on="query_id", how="left")
+    sample = sample.join(corpus.select("doc_id", pl.col("text").alias("passage")), on="doc_id", how="left")
+    rows = pl.DataFrame({
+        "decision": [f"{d or 'kept'}: {NEGATIVE_FILTERS.get(d, '')}" for d in sample["dropped_by"]],
+        "query": sample["query"], "rank": sample["rank"], "score": sample["score"].round(3),
+        "positive_score": sample["positive_score"].round(3), "judged": sample["judged_grade"].round(2),
+        "candidate": [snippet(p, 120) for p in sample["passage"]],
+    })  # fmt: skip
+    return markdown_table(rows, max_rows=30, max_chars=200)
+
+
 @dg.asset(
     partitions_def=dataset_partitions,
     group_name="training",
+    owners=asset_owners(),
+    tags=asset_tags("training"),
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
     pool=GPU_POOL,
@@ -129,8 +160,7 @@ def hard_negatives(
     encoder: EncoderResource,
 ):
     """Candidates from the base encoder + FAISS, each with the filter that dropped it (if any)."""
-    spec = dataset_spec(context)
-    values = effective_config(config, spec, "hard_negatives", context)
+    values = effective_config(context, config)
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
@@ -165,7 +195,8 @@ def hard_negatives(
         context, store, ref, asset="hard_negatives",
         upstream={"corpus": corpus, "synthetic_queries": synthetic_queries, "relevance_judgments": relevance_judgments},
         timing=t, rows=candidates.height, config=values, models=models, seeds={"seed": values["seed"]},
-        metadata={"filter_decisions": dg.MetadataValue.json(decisions), "queries": queries.height,
+        metadata={"negatives_sample": dg.MetadataValue.md(negatives_sample_markdown(candidates, queries, corpus_df, values["seed"])),
+                  "filter_decisions": dg.MetadataValue.md(filter_decisions_markdown(decisions)), "queries": queries.height,
                   "judge_used": judge_verdict(store, relevance_judgments)["used"]},
     )  # fmt: skip
 
@@ -173,12 +204,13 @@ def hard_negatives(
 @dg.asset(
     partitions_def=dataset_partitions,
     group_name="training",
+    owners=asset_owners(),
+    tags=asset_tags("training"),
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
     kinds={"polars"},
     check_specs=[
-        dg.AssetCheckSpec("examples_valid", asset="training_examples", blocking=True,
-                          description="Non-empty; no positive appears among its own negatives."),
+        check_spec("examples_valid", "training_examples", blocking=True, description="Non-empty; no positive appears among its own negatives."),
     ],
 )  # fmt: skip
 def training_examples(
@@ -191,7 +223,7 @@ def training_examples(
     artifact_store: ArtifactStoreResource,
 ):
     """(query, positive, negatives, grades) rows, each keeping mining ranks and scores."""
-    values = effective_config(config, dataset_spec(context), "training_examples", context)
+    values = effective_config(context, config)
     store = artifact_store.get_store()
     with timed(context) as t:
         queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
@@ -220,15 +252,15 @@ def training_examples(
 @dg.asset(
     partitions_def=dataset_partitions,
     group_name="training",
+    owners=asset_owners(),
+    tags=asset_tags("training"),
     io_manager_key="artifact_io",
     code_version=CODE_VERSION,
     pool=GPU_POOL,
     kinds={"pytorch", "safetensors"},
     check_specs=[
-        dg.AssetCheckSpec("training_loss_finite", asset="fine_tuned_encoder", blocking=True,
-                          description="Every logged loss is finite (a NaN/inf model never reaches the index)."),
-        dg.AssetCheckSpec("training_loss_decreasing", asset="fine_tuned_encoder",
-                          description="Smoothed loss falls over training (checked from 50 steps on; per-batch loss is noise before)."),
+        check_spec("training_loss_finite", "fine_tuned_encoder", blocking=True, description="Every logged loss is finite (a NaN/inf model never reaches the index)."),
+        check_spec("training_loss_decreasing", "fine_tuned_encoder", description="Smoothed loss falls over training (checked from 50 steps on; per-batch loss is noise before)."),
     ],
 )  # fmt: skip
 def fine_tuned_encoder(
@@ -240,7 +272,7 @@ def fine_tuned_encoder(
 ):
     """The base encoder fine-tuned on the training examples; a sentence-transformers folder (safetensors)."""
     spec = dataset_spec(context)
-    values = effective_config(config, spec, "fine_tuned_encoder", context)
+    values = effective_config(context, config)
     store = artifact_store.get_store()
     examples = store.read_table(training_examples)
     # A judge that failed its self-check must not steer the loss: its grades would be noise.
@@ -266,7 +298,10 @@ def fine_tuned_encoder(
     trend = loss_trend(losses)
     # Which step's weights were published (0: no step beat the base model on the dev queries,
     # so these are the base weights), and why training stopped: in the manifest and the UI.
-    training = {"best_step": result.best_step, "steps": len(losses), "stop_reason": result.stop_reason,
+    kept_base = result.best_step == 0 and bool(result.dev_metrics)
+    if kept_base:
+        context.log.warning(KEPT_BASE_SENTENCE.replace("**", ""))
+    training = {"kept_base_weights": kept_base, "best_step": result.best_step, "steps": len(losses), "stop_reason": result.stop_reason,
                 "device": result.device, "precision": result.precision, "model_card_hash": hash_file(card),
                 "loss": tc.loss, "judge_used": judge["used"],
                 "trainable_parameters": result.trainable_parameters, "adapter": result.adapter}
@@ -276,16 +311,19 @@ def fine_tuned_encoder(
     training.update({"dev_gain": last_dev.get("gain"), "dev_gain_z": last_dev.get("gain_z")})
     yield publish(
         context, store, ref, asset="fine_tuned_encoder", upstream={"training_examples": training_examples}, timing=t,
-        rows=int(examples.height), config={**values, "resolved": dataclasses.asdict(tc)},
+        rows=int(examples.height), config={**dataclasses.asdict(tc), "budget": values.get("budget")},  # resolved, shown once
         models={"base_encoder": {"id": base.name, "weights_hash": base.weights_hash},
                 "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": ref.hash, "precision": result.precision}},
         seeds={"seed": tc.seed},
         extra={"training": training, "model_card": card_facts, "judge": judge},  # the card's facts: `retriever-forge model-card` re-renders it with scores
         metadata={
+            "training_curve": dg.MetadataValue.md(training_curve_markdown(result.history, result.dev_metrics, result.best_step)),
+            **({"kept_base_weights": True, "published_weights": dg.MetadataValue.md(KEPT_BASE_SENTENCE)}
+               if kept_base else {"kept_base_weights": False}),
             **training, "stopped_early": result.stopped_early,
-            "final_loss": losses[-1] if losses else None, "training_table_hash": training_examples.hash,
-            "loss_curve": dg.MetadataValue.json([{"step": h["step"], "loss": round(h["loss"], 5)} for h in result.history[:: max(1, len(losses) // 50)]]),
-            "dev_metrics": dg.MetadataValue.json(result.dev_metrics[-10:]),
+            "final_loss": losses[-1] if losses else None,
+            # the curve's numbers: the dev evaluations as a table (the per-step losses are in the chart and the model folder)
+            "dev_metrics": dg.MetadataValue.md(markdown_table(pl.DataFrame(result.dev_metrics[-10:])) if result.dev_metrics else "no dev evaluations"),
         },
     )  # fmt: skip
     yield dg.AssetCheckResult(
@@ -296,6 +334,24 @@ def fine_tuned_encoder(
         check_name="training_loss_decreasing", asset_key="fine_tuned_encoder", passed=trend["decreasing"],
         severity=dg.AssetCheckSeverity.WARN, metadata={k: v for k, v in trend.items() if v is not None},
     )  # fmt: skip
+
+
+KEPT_BASE_SENTENCE = ("**The published model is the base model**: no training step beat the base encoder on the dev "
+                      "queries (best_step 0), so its weights were kept; the fine-tuned row of the scoreboard scores the base weights.")  # fmt: skip
+
+
+def training_curve_markdown(history: list[dict], dev_metrics: list[dict], best_step: int) -> str:
+    """The loss per step and the dev metric per evaluation as one PNG chart, with the published step named."""
+    from retriever_forge.charts import line_chart, markdown_image
+
+    if not history:
+        return "No training steps."
+    dev_key = "mrr@10" if dev_metrics and "mrr@10" in dev_metrics[0] else None
+    secondary = {f"dev {dev_key}": ([m["step"] for m in dev_metrics], [m[dev_key] for m in dev_metrics])} if dev_key else None
+    png = line_chart({"training loss": ([h["step"] for h in history], [h["loss"] for h in history])},
+                     title=f"training loss and dev metric (published step: {best_step})", xlabel="step", ylabel="loss",
+                     secondary=secondary)  # fmt: skip
+    return markdown_image(png, "training loss and dev metric per step")
 
 
 def loss_trend(losses: list[float], min_steps: int = 50) -> dict:

@@ -15,7 +15,8 @@ import os
 
 import dagster as dg
 
-from retriever_forge.assets.common import DATASET_PARTITIONS, dataset_partitions
+from retriever_forge.assets import MATERIALIZED_ASSETS, config_classes
+from retriever_forge.assets.common import DATASET_PARTITIONS, dataset_partitions, dataset_run_config
 from retriever_forge.assets.data import dataset_source
 from retriever_forge.datasets import DatasetError, load_registry
 from retriever_forge.fingerprint import check_readable
@@ -30,17 +31,38 @@ RUN_TAGS = {"dagster/max_runtime": str(MAX_RUNTIME_S)}
 # and the automation sensor switched on (a deployment's choice, instead of switching them in the UI).
 AUTOMATION_ON = os.environ.get("RETRIEVER_FORGE_AUTOMATION", "off").lower() in ("on", "1", "true")
 
+
+def dataset_config(group: str | None = None) -> dg.PartitionedConfig:
+    """The Launchpad's run config for a dataset: its validated overrides from the datasets file.
+
+    So the Launchpad shows the values the run will use (e.g. the demo's ``documents_to_sample:
+    160``, not the code default); a value typed there wins, even one equal to the code default.
+    """
+    classes = config_classes()
+    in_job = config_classes([a for a in MATERIALIZED_ASSETS if group is None or group in a.group_names_by_key.values()])
+
+    def run_config_for(partition_key: str) -> dict:
+        registry = load_registry()  # re-read: the file may have changed since the code location loaded
+        if partition_key not in registry:
+            return {}
+        ops = dataset_run_config(registry[partition_key], classes).get("ops", {})
+        ops = {a: c for a, c in ops.items() if a in in_job}
+        return {"ops": ops} if ops else {}
+
+    return dg.PartitionedConfig(partitions_def=dataset_partitions, run_config_for_partition_key_fn=run_config_for)
+
+
 adapt_retriever_job = dg.define_asset_job(
     "adapt_retriever",
     selection=dg.AssetSelection.all(),
-    partitions_def=dataset_partitions,
+    config=dataset_config(),  # partitioned by dataset, like the assets (the config carries the partitions)
     tags=RUN_TAGS,
     description="The whole graph for one dataset: corpus to benchmark scores.",
 )
 
 stage_jobs = [
     dg.define_asset_job(f"{group}_stage", selection=dg.AssetSelection.groups(group),
-                        partitions_def=dataset_partitions, tags=RUN_TAGS,
+                        config=dataset_config(group), tags=RUN_TAGS,
                         description=f"Only the '{group}' assets (upstream artifacts must exist).")
     for group in STAGE_GROUPS
 ]  # fmt: skip

@@ -38,6 +38,7 @@ from retriever_forge.llm.weights import (
     local_weights_hash,
 )
 from retriever_forge.numerics import bf16_is_native
+from retriever_forge.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -276,12 +277,14 @@ class TransformersLLM:
             self.load()
             encoded = self._encode(prompts)
             results: list[Generation | None] = [None] * len(prompts)
-            for wave in self._waves(self._batches(encoded)):
-                batch = [i for group in wave for i in group]
-                seeds = [derive_seed(params.seed, prompts[i]) for i in batch]
-                outs = self._generate_batch([[encoded[i] for i in group] for group in wave], seeds, params)
-                for i, out in zip(batch, outs, strict=True):
-                    results[i] = out
+            with progress_bar(len(prompts), "generate", unit="prompt") as bar:
+                for wave in self._waves(self._batches(encoded)):
+                    batch = [i for group in wave for i in group]
+                    seeds = [derive_seed(params.seed, prompts[i]) for i in batch]
+                    outs = self._generate_batch([[encoded[i] for i in group] for group in wave], seeds, params)
+                    for i, out in zip(batch, outs, strict=True):
+                        results[i] = out
+                    bar.update(len(batch))
             return results  # type: ignore[return-value]
 
     def _waves(self, batches: list[list[int]]) -> list[list[list[int]]]:
@@ -417,12 +420,13 @@ class TransformersLLM:
             choice_ids = first_token_ids(self.tokenizer, choices)
             encoded = self._encode(prompts)
             results: list[list[float] | None] = [None] * len(prompts)
-            with torch.inference_mode():
+            with torch.inference_mode(), progress_bar(len(prompts), "judge", unit="pair") as bar:
                 for batch in self._batches(encoded):
                     logits = self._last_logits(model, [encoded[i] for i in batch])
                     restricted = torch.log_softmax(logits[:, choice_ids].float(), dim=-1)
                     for i, row in zip(batch, restricted.tolist(), strict=True):
                         results[i] = row
+                    bar.update(len(batch))
             return results  # type: ignore[return-value]
 
     def _last_logits(self, model, rows: list[list[int]]):
