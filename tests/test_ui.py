@@ -141,9 +141,13 @@ def test_browser_shows_the_scoreboard_first_and_the_loss_plot_as_an_image(webser
         row = driver.find_element(By.XPATH, "//td[normalize-space()='scoreboard']/..")
         driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", row)
         # the scoreboard renders as a table, inline, with every system
-        cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "table td")]
-        assert {"bm25", "base", "hybrid-base", "fine-tuned", "hybrid"} <= set(cells)
+        # the UI folds a Markdown entry behind "Show Markdown"; opened, the scoreboard is a table with every system
+        row.find_element(By.XPATH, ".//a[contains(., 'Show Markdown')]").click()
+        cells = _wait(driver, lambda d: d.execute_script(
+            "const cells = [...document.querySelectorAll('[role=dialog] table td')].map(c => c.innerText.trim());"
+            "return cells.length ? cells : null;"))  # fmt: skip
         driver.save_screenshot(str(shots / "benchmark_scores.png"))
+        assert {"bm25", "base", "hybrid-base", "fine-tuned", "hybrid"} <= set(cells), cells
 
         shown = _open_asset(driver, webserver, "fine_tuned_encoder", curve_labels)
         assert shown[0] == "training_curve"
