@@ -381,6 +381,7 @@ class ArtifactStore:
         if self.is_local:
             path = Path(ref.payload_uri)
             return hash_tree(path) if ref.format == "folder" else hash_file(path)
+        self.fs.invalidate_cache(ref.uri)  # a listing cached earlier in this process holds the old size and ETag
         if ref.format != "folder":
             h = hashlib.sha256()
             with self.fs.open(ref.payload_uri, "rb") as f:

@@ -82,7 +82,7 @@ def test_whole_graph_multiprocess_on_s3_then_trace_and_verify(tmp_path, s3_serve
         assert result.success
         engine = [e.message for e in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
         assert any("multiprocess executor" in (m or "") for m in engine)
-        step_pids = {e.pid for e in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_START)}
+        step_pids = {e.dagster_event.pid for e in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_START)}
         assert len(step_pids) == len({"corpus", "synthetic_queries", "relevance_judgments", "hard_negatives", "training_examples",
                                       "fine_tuned_encoder", "corpus_index", "benchmark_scores"})  # one process per step  # fmt: skip
         materialized = {e.dagster_event.asset_key.to_user_string()
