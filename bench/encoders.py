@@ -85,8 +85,8 @@ def prepare(folder: Path, home: Path, passages: int, seed: int, queries_table: s
     out = home / f"examples-{'table' if queries_table else passages}-{seed}.parquet"
     if out.exists():
         return out
+    from retriever_forge.orchestration.resources import LLMResource
     from retriever_forge.querygen import QueryGenerationConfig, generate_synthetic_queries
-    from retriever_forge.resources import LLMResource
 
     corpus, _, _ = load_beir(folder)
     t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from _common import ROOT, Emitter, machine, markdown  # noqa: E402
 
 def run_once(dataset: str, config: str | None, job: str, home: Path, dagster_home: Path) -> dict:
     cli = Path(sys.executable).parent / "retriever-forge"
-    cmd = [str(cli) if cli.exists() else sys.executable, *([] if cli.exists() else ["-m", "retriever_forge.cli"])]
+    cmd = [str(cli) if cli.exists() else sys.executable, *([] if cli.exists() else ["-m", "retriever_forge.orchestration.cli"])]
     cmd += ["run", "--dataset", dataset, "--job", job] + (["-c", config] if config else [])
     env = {**os.environ, "RETRIEVER_FORGE_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -72,11 +72,11 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
     import numpy as np
 
     from retriever_forge.artifacts import ArtifactStore
-    from retriever_forge.assets.generation import _corpus_embeddings
     from retriever_forge.encoding import encode
     from retriever_forge.evaluation import bm25_run, dense_run, qrels_dict, score_run
     from retriever_forge.fusion import reciprocal_rank_fusion
-    from retriever_forge.resources import ArtifactStoreResource, EncoderResource
+    from retriever_forge.orchestration.assets.generation import _corpus_embeddings
+    from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
 
     store = ArtifactStore(str(home))
     corpus = store.read_table(store.read_pointer("corpus", partition))
@@ -125,7 +125,7 @@ def main() -> int:
 
     import dagster as dg
 
-    from retriever_forge.definitions import defs
+    from retriever_forge.orchestration.definitions import defs
 
     run_config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     run_config.setdefault("ops", {})
@@ -138,7 +138,7 @@ def main() -> int:
         asset, _, field = key.partition(".")
         run_config["ops"].setdefault(asset, {}).setdefault("config", {})[field] = parse_value(value)
 
-    from retriever_forge.assets.common import sync_dataset_partitions
+    from retriever_forge.orchestration.assets.common import sync_dataset_partitions
 
     instance = dg.DagsterInstance.ephemeral()
     sync_dataset_partitions(instance)

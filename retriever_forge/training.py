@@ -513,7 +513,7 @@ def train_encoder(
     starts over. ``progress`` is called after every step with a dict (step, total_steps,
     epoch, loss, lr, and dev metrics when an evaluation ran). ``grad_sync`` is called with the
     model after each backward pass (before clipping), e.g. to all-reduce gradients across
-    data-parallel processes (:mod:`retriever_forge.train_cli`).
+    data-parallel processes (:mod:`retriever_forge.orchestration.train_cli`).
     """
     from transformers import get_linear_schedule_with_warmup
 

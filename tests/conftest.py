@@ -51,7 +51,7 @@ def tiny_demo_run(tmp_path_factory):
     """
     import dagster as dg
 
-    from retriever_forge.assets.common import sync_dataset_partitions
+    from retriever_forge.orchestration.assets.common import sync_dataset_partitions
     from tests.test_pipeline import _materialize
 
     home, dagster_home = tmp_path_factory.mktemp("forge"), tmp_path_factory.mktemp("dagster_home")

@@ -129,8 +129,8 @@ def test_pointers_and_scoreboards_live_on_the_store_filesystem(tmp_path, monkeyp
     folder, so a step in another pod could not find its upstream)."""
     import dagster as dg
 
-    from retriever_forge.cli import main
-    from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, artifact_ref_io_manager
+    from retriever_forge.orchestration.cli import main
+    from retriever_forge.orchestration.resources import ArtifactRefIOManager, ArtifactStoreResource, artifact_ref_io_manager
 
     monkeypatch.chdir(tmp_path)
     root = "memory://pointer-test"

@@ -73,7 +73,7 @@ def test_a_changed_file_inside_a_model_folder_is_named(lineage):
 
 
 def test_audit_command_exits_non_zero_on_a_corrupted_upstream_and_names_it(lineage, tmp_path, capsys, monkeypatch):
-    from retriever_forge.cli import main
+    from retriever_forge.orchestration.cli import main
 
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     store, corpus, _, model = lineage

@@ -9,10 +9,10 @@ import dagster as dg
 import pytest
 
 from retriever_forge.artifacts import ArtifactStore, read_pointer
-from retriever_forge.assets import ALL_ASSETS
-from retriever_forge.assets.common import sync_dataset_partitions
+from retriever_forge.orchestration.assets import ALL_ASSETS
+from retriever_forge.orchestration.assets.common import sync_dataset_partitions
+from retriever_forge.orchestration.resources import ArtifactRefIOManager, ArtifactStoreResource, EncoderResource, LLMResource
 from retriever_forge.prompts import PROMPTS_DIR
-from retriever_forge.resources import ArtifactRefIOManager, ArtifactStoreResource, EncoderResource, LLMResource
 from tests.test_openlineage_events import validate_event
 
 PROMPT_LINE = ("Relevant Query: who built the first nuclear weapons", "Relevant Query: what was the manhattan project")
@@ -90,9 +90,9 @@ def test_diff_of_the_two_runs_names_exactly_the_prompt_line_and_the_config_value
 @pytest.mark.xfail(strict=False, reason="unverified (stop 18): test fixed for one content-addressed score artifact but not rerun; see the closing note")
 @pytest.mark.slow
 def test_audit_of_the_scores_then_a_flipped_upstream_byte(two_runs, tmp_path, monkeypatch):
-    from retriever_forge.assets.run_records import asset_check_results, config_defaults
     from retriever_forge.audit import audit_html, build_audit
-    from retriever_forge.cli import main
+    from retriever_forge.orchestration.assets.run_records import asset_check_results, config_defaults
+    from retriever_forge.orchestration.cli import main
 
     home = two_runs["home"]
     store = ArtifactStore(home)
@@ -147,7 +147,7 @@ def test_published_model_folder_has_a_hub_model_card_and_still_loads(two_runs):
 
 @pytest.mark.slow
 def test_openlineage_events_written_during_the_run_validate(two_runs, tmp_path, monkeypatch):
-    from retriever_forge.cli import main
+    from retriever_forge.orchestration.cli import main
 
     events = [json.loads(line) for line in two_runs["events"].read_text().splitlines()]
     for e in events:
@@ -182,7 +182,7 @@ def test_model_card_command_writes_the_model_with_its_scoreboard(two_runs, tmp_p
     from huggingface_hub import ModelCard
     from sentence_transformers import SentenceTransformer
 
-    from retriever_forge.cli import main
+    from retriever_forge.orchestration.cli import main
 
     out = tmp_path / "published"
     assert main(["model-card", "benchmark_scores", "demo", "--home", str(two_runs["home"]), "--out", str(out)]) == 0

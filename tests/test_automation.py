@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import dagster as dg
 import pytest
 
-from retriever_forge.assets.common import DATASET_PARTITIONS
-from retriever_forge.cli import main
-from retriever_forge.definitions import defs
+from retriever_forge.orchestration.assets.common import DATASET_PARTITIONS
+from retriever_forge.orchestration.cli import main
+from retriever_forge.orchestration.definitions import defs
 from tests.conftest import write_beir
 
 GRAPH = {"corpus", "eval_queries", "eval_qrels", "synthetic_queries", "relevance_judgments", "hard_negatives",

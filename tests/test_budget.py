@@ -2,11 +2,11 @@
 
 import pytest
 
-from retriever_forge.assets.common import resolve_config, run_config_values
-from retriever_forge.assets.generation import RelevanceJudgmentsConfig, SyntheticQueriesConfig
-from retriever_forge.assets.training import FineTuneConfig
 from retriever_forge.budget import BUDGETS, PRESETS, estimate_plan, plan_message, preset_values, with_budget
 from retriever_forge.datasets import DatasetError, DatasetSpec, load_registry
+from retriever_forge.orchestration.assets.common import resolve_config, run_config_values
+from retriever_forge.orchestration.assets.generation import RelevanceJudgmentsConfig, SyntheticQueriesConfig
+from retriever_forge.orchestration.assets.training import FineTuneConfig
 
 CONFIGS = {"synthetic_queries": SyntheticQueriesConfig, "relevance_judgments": RelevanceJudgmentsConfig,
            "fine_tuned_encoder": FineTuneConfig}  # fmt: skip

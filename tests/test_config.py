@@ -4,8 +4,8 @@ import dagster as dg
 import pytest
 from pydantic import Field
 
-from retriever_forge.assets.common import dataset_run_config, effective_config
 from retriever_forge.datasets import DatasetError, load_registry
+from retriever_forge.orchestration.assets.common import dataset_run_config, effective_config
 
 
 class ProbeConfig(dg.Config):
@@ -63,7 +63,7 @@ def test_launchpad_config_holds_the_datasets_validated_overrides(tmp_path, monke
 
 def test_adapt_retriever_launchpad_shows_the_values_the_demo_run_uses():
     from retriever_forge.budget import preset_values
-    from retriever_forge.definitions import defs
+    from retriever_forge.orchestration.definitions import defs
 
     config = defs.resolve_job_def("adapt_retriever").partitioned_config.get_run_config_for_partition_key("demo")
     demo = load_registry()["demo"]

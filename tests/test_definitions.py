@@ -4,8 +4,8 @@ from datetime import datetime
 
 import dagster as dg
 
-from retriever_forge.assets.common import dataset_partitions
-from retriever_forge.definitions import defs
+from retriever_forge.orchestration.assets.common import dataset_partitions
+from retriever_forge.orchestration.definitions import defs
 
 EXPECTED_CHAIN = [
     "corpus",

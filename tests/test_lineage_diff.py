@@ -64,7 +64,7 @@ def test_identical_artifacts(tmp_path):
 def test_diff_command_json(tmp_path, capsys):
     import json
 
-    from retriever_forge.cli import main
+    from retriever_forge.orchestration.cli import main
 
     store = ArtifactStore(tmp_path)
     a, b = _lineage(store), _lineage(store, depth=10, scores=(0.4, 0.7))

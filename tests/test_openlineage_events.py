@@ -111,7 +111,7 @@ def test_file_transport_writes_json_lines_only_when_configured(artifacts, tmp_pa
 
 
 def test_lineage_export_command(artifacts, tmp_path, monkeypatch):
-    from retriever_forge.cli import main
+    from retriever_forge.orchestration.cli import main
 
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     store, _, (queries, _) = artifacts

@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from retriever_forge.artifacts import ArtifactStore
-from retriever_forge.assets import ALL_ASSETS
+from retriever_forge.orchestration.assets import ALL_ASSETS
+from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource, LLMResource, artifact_ref_io_manager
 from retriever_forge.prompts import PROMPTS_DIR
 from retriever_forge.provenance import trace, verify
-from retriever_forge.resources import ArtifactStoreResource, EncoderResource, LLMResource, artifact_ref_io_manager
 
 TINY_RUN = {
     "ops": {
@@ -146,7 +146,7 @@ def test_editing_one_prompt_changes_exactly_the_downstream_hashes(first_run, tmp
 
 @pytest.mark.slow
 def test_trace_and_verify_commands(first_run, capsys):
-    from retriever_forge.cli import main
+    from retriever_forge.orchestration.cli import main
 
     home, _, _, _ = first_run
     assert main(["trace", "benchmark_scores", "demo", "--home", str(home)]) == 0
@@ -160,7 +160,7 @@ def test_trace_and_verify_commands(first_run, capsys):
 
 @pytest.mark.slow
 def test_search_command_ranks_passages_of_the_built_index(first_run, capsys):
-    from retriever_forge.cli import main
+    from retriever_forge.orchestration.cli import main
 
     home, _, _, _ = first_run
     for system in ("fine-tuned", "hybrid", "bm25"):
@@ -172,7 +172,7 @@ def test_search_command_ranks_passages_of_the_built_index(first_run, capsys):
 
 
 def test_search_names_the_missing_artifact_and_the_command(tmp_path, capsys):
-    from retriever_forge.cli import main
+    from retriever_forge.orchestration.cli import main
 
     assert main(["search", "--dataset", "x", "--home", str(tmp_path), "anything"]) == 2
     err = capsys.readouterr().err

@@ -57,9 +57,9 @@ def s3_server(monkeypatch):
 
 def test_whole_graph_multiprocess_on_s3_then_trace_and_verify(tmp_path, s3_server, monkeypatch, capsys):
     from retriever_forge.artifacts import ArtifactStore
-    from retriever_forge.assets.common import sync_dataset_partitions
-    from retriever_forge.cli import main
     from retriever_forge.demo_corpus import build_demo_corpus
+    from retriever_forge.orchestration.assets.common import sync_dataset_partitions
+    from retriever_forge.orchestration.cli import main
     from tests._tiny_encoder import tiny_encoder_folder
 
     root = f"s3://{BUCKET}/forge"

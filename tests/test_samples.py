@@ -1,7 +1,7 @@
 import polars as pl
 
-from retriever_forge.assets.generation import judged_pairs_markdown, query_sample_markdown
-from retriever_forge.assets.training import filter_decisions_markdown, negatives_sample_markdown
+from retriever_forge.orchestration.assets.generation import judged_pairs_markdown, query_sample_markdown
+from retriever_forge.orchestration.assets.training import filter_decisions_markdown, negatives_sample_markdown
 from retriever_forge.samples import stratified_sample
 
 CORPUS = pl.DataFrame({"doc_id": ["d1", "d2"], "title": ["", ""], "text": ["Quicksort partitions an array.", "A hash table maps keys."]})

@@ -14,16 +14,23 @@ import polars as pl
 import pytest
 from _tiny_encoder import tiny_encoder_folder
 
-from retriever_forge.scaleout import GPU_ASSETS, TorchrunLaunch, VLLMServe, gpu_step_k8s_config, k8s_executor_config, step_job_spec
-from retriever_forge.train_cli import equal_steps, shard_examples
+from retriever_forge.orchestration.scaleout import (
+    GPU_ASSETS,
+    TorchrunLaunch,
+    VLLMServe,
+    gpu_step_k8s_config,
+    k8s_executor_config,
+    step_job_spec,
+)
+from retriever_forge.orchestration.train_cli import equal_steps, shard_examples
 
 dagster_k8s = pytest.importorskip("dagster_k8s")
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 
 def test_k8s_job_runs_every_asset_with_gpus_for_the_gpu_assets():
-    from retriever_forge.definitions import defs as base
-    from retriever_forge.definitions_k8s import defs
+    from retriever_forge.orchestration.definitions import defs as base
+    from retriever_forge.orchestration.definitions_k8s import defs
 
     job = defs.get_job_def("adapt_retriever_k8s")
     assert job.executor_def.name == "k8s_gpu"
@@ -52,7 +59,7 @@ def test_step_job_spec_requests_gpus_only_for_gpu_steps():
 def test_torchrun_and_accelerate_command_lines():
     single = TorchrunLaunch(nproc_per_node=4).command("ex.parquet", "all-MiniLM-L6-v2", "/out", {"batch_size": 64})
     assert single[:6] == ["torchrun", "--nproc_per_node", "4", "--nnodes", "1", "--standalone"]
-    assert single[6:9] == ["-m", "retriever_forge.train_cli", "--examples"] and json.loads(single[-1]) == {"batch_size": 64}
+    assert single[6:9] == ["-m", "retriever_forge.orchestration.train_cli", "--examples"] and json.loads(single[-1]) == {"batch_size": 64}
     multi = TorchrunLaunch(nproc_per_node=8, nnodes=2, rdzv_endpoint="head:29400").command("e", "m", "o")
     assert multi[multi.index("--rdzv_endpoint") + 1] == "head:29400" and "--standalone" not in multi
     with pytest.raises(ValueError, match="rdzv_endpoint"):
@@ -127,7 +134,7 @@ def test_torchrun_two_processes_keep_identical_weights(tmp_path):
 @pytest.mark.slow
 def test_training_launched_through_dagster_pipes(tmp_path):
 
-    from retriever_forge.scaleout import run_training_with_pipes
+    from retriever_forge.orchestration.scaleout import run_training_with_pipes
 
     model = tiny_encoder_folder(tmp_path / "m")
     _examples().write_parquet(tmp_path / "ex.parquet")

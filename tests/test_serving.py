@@ -1,4 +1,4 @@
-from retriever_forge.cli import main
+from retriever_forge.orchestration.cli import main
 
 
 def test_search_names_the_missing_artifact_and_the_command(tmp_path, capsys):

@@ -27,7 +27,7 @@ from retriever_forge.indexing import (
     train_sharded,
 )
 from retriever_forge.mining import MiningConfig, mine_hard_negatives
-from retriever_forge.scaleout import index_shard_commands
+from retriever_forge.orchestration.scaleout import index_shard_commands
 
 TEXTS = [
     "sort the list",

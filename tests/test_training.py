@@ -223,7 +223,7 @@ def test_time_budget_and_max_steps_stop_training(tiny_model, tmp_path):
 
 
 def test_loss_trend_check_has_known_answers():
-    from retriever_forge.assets.training import loss_trend
+    from retriever_forge.orchestration.assets.training import loss_trend
 
     assert loss_trend([1.0, 2.0, 3.0])["decreasing"]  # too few steps to judge: passes, and says so
     assert loss_trend([2.0] * 25 + [1.0] * 25)["decreasing"]

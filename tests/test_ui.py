@@ -52,7 +52,7 @@ def webserver(tiny_demo_run, tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RETRIEVER_FORGE_HOME": str(home), "DAGSTER_DISABLE_TELEMETRY": "1"}
     log = (tmp_path_factory.mktemp("webserver") / "webserver.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-m", "retriever_forge.definitions",
+    proc = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-m", "retriever_forge.orchestration.definitions",
                              "-d", str(ROOT)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

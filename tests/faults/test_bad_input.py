@@ -126,9 +126,9 @@ def test_policy_comes_from_the_datasets_file_and_is_validated(tmp_path):
 
 def _materialize_corpus(tmp_path, monkeypatch, spec_yaml: str):
     """Materialize only the corpus asset for partition 'cacm', which the datasets file redefines."""
-    from retriever_forge.assets.common import sync_dataset_partitions
-    from retriever_forge.assets.data import corpus
-    from retriever_forge.resources import ArtifactStoreResource, artifact_ref_io_manager
+    from retriever_forge.orchestration.assets.common import sync_dataset_partitions
+    from retriever_forge.orchestration.assets.data import corpus
+    from retriever_forge.orchestration.resources import ArtifactStoreResource, artifact_ref_io_manager
 
     (tmp_path / "datasets.yaml").write_text(spec_yaml)
     monkeypatch.setenv("RETRIEVER_FORGE_DATASETS", str(tmp_path / "datasets.yaml"))

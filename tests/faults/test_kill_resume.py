@@ -112,7 +112,7 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path, ti
 def test_verify_passes_after_every_kill_and_rerun(tmp_path, capsys):
     """The manifests written after a rerun describe artifacts whose bytes match their hashes;
     ``retriever-forge verify`` reports the killed writer's leftover as unfinished, not corrupt."""
-    from retriever_forge.cli import main
+    from retriever_forge.orchestration.cli import main
     from retriever_forge.provenance import build_manifest
 
     work = tmp_path / "killed"

@@ -26,10 +26,10 @@ SECRET = "sk-planted-7c1e9b04-do-not-leak"
 
 def _materialize_queries(home: Path, server_url: str, max_unparseable_share: float, instance):
     """corpus + synthetic_queries on the demo partition, generating through the OpenAI backend."""
-    from retriever_forge.assets.common import sync_dataset_partitions
-    from retriever_forge.assets.data import corpus
-    from retriever_forge.assets.generation import synthetic_queries
-    from retriever_forge.resources import ArtifactStoreResource, EncoderResource, LLMResource, artifact_ref_io_manager
+    from retriever_forge.orchestration.assets.common import sync_dataset_partitions
+    from retriever_forge.orchestration.assets.data import corpus
+    from retriever_forge.orchestration.assets.generation import synthetic_queries
+    from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource, LLMResource, artifact_ref_io_manager
 
     sync_dataset_partitions(instance)  # the datasets file's names become the instance's partitions
     config = {"documents_to_sample": 16, "round_trip_k": None, "max_unparseable_share": max_unparseable_share}
@@ -160,7 +160,7 @@ def test_the_package_never_unpickles():
 def test_config_cannot_place_files_outside_the_roots(tmp_path):
     from retriever_forge.artifacts import ArtifactError, ArtifactStore
     from retriever_forge.datasets import DatasetError, DatasetSpec
-    from retriever_forge.resources import ArtifactStoreResource
+    from retriever_forge.orchestration.resources import ArtifactStoreResource
 
     resource = ArtifactStoreResource(root=str(tmp_path / "store"), work_dir=str(tmp_path / "work"))
     assert resource.scratch("training", "demo", "abc") == (tmp_path / "work" / "training" / "demo" / "abc").resolve()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from retriever_forge.assets import ALL_ASSETS
-from retriever_forge.jobs import ALL_JOBS, ALL_SCHEDULES
-from retriever_forge.jobs.sensors import ALL_SENSORS
-from retriever_forge.resources import (
+from retriever_forge.orchestration.assets import ALL_ASSETS
+from retriever_forge.orchestration.jobs import ALL_JOBS, ALL_SCHEDULES
+from retriever_forge.orchestration.jobs.sensors import ALL_SENSORS
+from retriever_forge.orchestration.resources import (
     ArtifactStoreResource,
     EncoderResource,
     LLMResource,

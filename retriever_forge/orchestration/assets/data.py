@@ -5,7 +5,9 @@ import dagster as dg
 import polars as pl
 
 from retriever_forge import schemas
-from retriever_forge.assets.common import (
+from retriever_forge.datasets import QUARANTINE, DatasetError, load_dataset, load_registry
+from retriever_forge.fingerprint import dataset_version, report_once
+from retriever_forge.orchestration.assets.common import (
     CODE_VERSION,
     DATASET_PARTITIONS,
     asset_owners,
@@ -17,10 +19,8 @@ from retriever_forge.assets.common import (
     publish,
     timed,
 )
-from retriever_forge.datasets import QUARANTINE, DatasetError, load_dataset, load_registry
-from retriever_forge.fingerprint import dataset_version, report_once
+from retriever_forge.orchestration.resources import ArtifactStoreResource
 from retriever_forge.provenance import build_manifest
-from retriever_forge.resources import ArtifactStoreResource
 
 CHECKS = [
     check_spec("corpus_schema", "corpus", "The corpus table has the expected columns and types (doc_id, title, text).", blocking=True),

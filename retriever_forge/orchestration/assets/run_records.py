@@ -9,7 +9,7 @@ import dagster as dg
 
 def config_defaults() -> dict[str, dict]:
     """Per asset key, the default values of its run config (what an audit marks changes against)."""
-    from retriever_forge.assets import MATERIALIZED_ASSETS
+    from retriever_forge.orchestration.assets import MATERIALIZED_ASSETS
 
     out = {}
     for a in MATERIALIZED_ASSETS:

@@ -5,7 +5,7 @@ start`` / ``dagster sensor start``):
 
 - **Run only what changed** (the default choice): the ``observe_datasets`` schedule observes every
   dataset's files on a cron (``RETRIEVER_FORGE_OBSERVE_CRON``, nightly at 02:00 UTC by default) and
-  the ``retriever_forge_automation`` sensor (:mod:`retriever_forge.jobs.sensors`) launches runs for
+  the ``retriever_forge_automation`` sensor (:mod:`retriever_forge.orchestration.jobs.sensors`) launches runs for
   the datasets, and only the assets, whose inputs or code changed.
 - **Full refresh**: the ``nightly_adaptation`` schedule starts the whole graph for every readable
   dataset every night, changed or not.
@@ -15,11 +15,11 @@ import os
 
 import dagster as dg
 
-from retriever_forge.assets import MATERIALIZED_ASSETS, config_classes
-from retriever_forge.assets.common import DATASET_PARTITIONS, dataset_partitions, dataset_run_config
-from retriever_forge.assets.data import dataset_source
 from retriever_forge.datasets import DatasetError, load_registry
 from retriever_forge.fingerprint import check_readable
+from retriever_forge.orchestration.assets import MATERIALIZED_ASSETS, config_classes
+from retriever_forge.orchestration.assets.common import DATASET_PARTITIONS, dataset_partitions, dataset_run_config
+from retriever_forge.orchestration.assets.data import dataset_source
 
 STAGE_GROUPS = ("data", "generation", "training", "evaluation")
 OBSERVE_CRON = os.environ.get("RETRIEVER_FORGE_OBSERVE_CRON", "0 2 * * *")

@@ -13,12 +13,12 @@ Assets are thin: they read upstream artifacts, call the domain modules, write a 
 content-addressed artifact with its provenance manifest, and attach metadata and checks.
 """
 
-from retriever_forge.assets.common import changed_upstream_condition
-from retriever_forge.assets.data import corpus, dataset_source
-from retriever_forge.assets.evaluation import benchmark_scores, corpus_index
-from retriever_forge.assets.generation import relevance_judgments, synthetic_queries
-from retriever_forge.assets.lineage_hooks import openlineage_complete, openlineage_fail
-from retriever_forge.assets.training import fine_tuned_encoder, hard_negatives, training_examples
+from retriever_forge.orchestration.assets.common import changed_upstream_condition
+from retriever_forge.orchestration.assets.data import corpus, dataset_source
+from retriever_forge.orchestration.assets.evaluation import benchmark_scores, corpus_index
+from retriever_forge.orchestration.assets.generation import relevance_judgments, synthetic_queries
+from retriever_forge.orchestration.assets.lineage_hooks import openlineage_complete, openlineage_fail
+from retriever_forge.orchestration.assets.training import fine_tuned_encoder, hard_negatives, training_examples
 
 _STAGES = [
     corpus,

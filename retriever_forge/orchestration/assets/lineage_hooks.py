@@ -1,5 +1,5 @@
 """OpenLineage emission hooked into materializations: START when an asset's work begins (from
-:func:`retriever_forge.assets.common.timed`), COMPLETE or FAIL when its step ends (op hooks on every
+:func:`retriever_forge.orchestration.assets.common.timed`), COMPLETE or FAIL when its step ends (op hooks on every
 asset). Thin: the events are built by :mod:`retriever_forge.openlineage_events`; nothing happens
 unless the environment configures an OpenLineage transport.
 """
@@ -29,7 +29,7 @@ def openlineage_complete(context: dg.HookContext) -> None:
     """COMPLETE events for the artifacts the step published, with its asset check results."""
     if not ol.emission_configured():
         return
-    from retriever_forge.assets.run_records import asset_check_results
+    from retriever_forge.orchestration.assets.run_records import asset_check_results
 
     store = context.resources.artifact_store.get_store()
     checks = asset_check_results(context.instance, {context.run_id})
@@ -46,7 +46,7 @@ def openlineage_fail(context: dg.HookContext) -> None:
     """FAIL events for the assets of a failed step, with the error."""
     if not ol.emission_configured():
         return
-    from retriever_forge.assets import MATERIALIZED_ASSETS
+    from retriever_forge.orchestration.assets import MATERIALIZED_ASSETS
 
     run = context.instance.get_run_by_id(context.run_id)
     partition = (run.tags if run else {}).get("dagster/partition")

@@ -1,6 +1,6 @@
 """Fine-tuning as a command line, for ``torchrun`` (data parallel over GPUs or nodes).
 
-    torchrun --nproc_per_node 4 -m retriever_forge.train_cli \\
+    torchrun --nproc_per_node 4 -m retriever_forge.orchestration.train_cli \\
         --examples training_examples.parquet --base-model all-MiniLM-L6-v2 \\
         --output-dir /scratch/run --config-json '{"batch_size": 64}'
 
@@ -13,7 +13,7 @@ rank's own batch, as with sentence-transformers' trainer under DDP without gathe
 evaluation runs on every rank over the same dev rows, so best-step and early-stopping
 decisions agree; rank 0 writes the model to ``--output-dir/model`` and a ``result.json``.
 
-Started by Dagster Pipes (``PipesSubprocessClient``, see :mod:`retriever_forge.scaleout`),
+Started by Dagster Pipes (``PipesSubprocessClient``, see :mod:`retriever_forge.orchestration.scaleout`),
 rank 0 reports the result to the orchestrating asset as materialization metadata. Without
 ``torchrun`` (no ``WORLD_SIZE``) it is a plain single-process run.
 """

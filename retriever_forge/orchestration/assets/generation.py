@@ -7,7 +7,19 @@ import polars as pl
 from pydantic import Field
 
 from retriever_forge.artifacts import ArtifactRef
-from retriever_forge.assets.common import (
+from retriever_forge.budget import estimate_plan, plan_message
+from retriever_forge.datasets import passage_text
+from retriever_forge.encoding import encode_cached
+from retriever_forge.judging import (
+    CALIBRATION_TYPES,
+    JudgingConfig,
+    calibration_pairs,
+    judge_check,
+    judge_check_message,
+    judge_pairs,
+    judgment_summary,
+)
+from retriever_forge.orchestration.assets.common import (
     CODE_VERSION,
     LLM_POOL,
     LLM_RETRY_POLICY,
@@ -24,18 +36,7 @@ from retriever_forge.assets.common import (
     run_config_values,
     timed,
 )
-from retriever_forge.budget import estimate_plan, plan_message
-from retriever_forge.datasets import passage_text
-from retriever_forge.encoding import encode_cached
-from retriever_forge.judging import (
-    CALIBRATION_TYPES,
-    JudgingConfig,
-    calibration_pairs,
-    judge_check,
-    judge_check_message,
-    judge_pairs,
-    judgment_summary,
-)
+from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource, LLMResource
 from retriever_forge.prompts import load_template
 from retriever_forge.querygen import (
     STYLE_TEMPLATES,
@@ -46,7 +47,6 @@ from retriever_forge.querygen import (
     round_trip_filter,
     style_templates,
 )
-from retriever_forge.resources import ArtifactStoreResource, EncoderResource, LLMResource
 from retriever_forge.search import exact_search
 
 

@@ -1,11 +1,11 @@
 """The code location for a Kubernetes deployment: every definition of
-:mod:`retriever_forge.definitions` plus ``adapt_retriever_k8s``, the whole graph with one
-Kubernetes Job per asset and GPUs for the GPU assets (:mod:`retriever_forge.scaleout`).
+:mod:`retriever_forge.orchestration.definitions` plus ``adapt_retriever_k8s``, the whole graph with one
+Kubernetes Job per asset and GPUs for the GPU assets (:mod:`retriever_forge.orchestration.scaleout`).
 
 Needs the ``k8s`` extra (``pip install 'retriever-forge[k8s]'``). Configure with
 ``RETRIEVER_FORGE_IMAGE`` (the image the step pods run), ``RETRIEVER_FORGE_K8S_NAMESPACE``, and
 point the artifact store at object storage every pod can reach (``RETRIEVER_FORGE_STORE``).
-Load it with ``dagster dev -m retriever_forge.definitions_k8s`` or a workspace entry.
+Load it with ``dagster dev -m retriever_forge.orchestration.definitions_k8s`` or a workspace entry.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import os
 
 import dagster as dg
 
-from retriever_forge.definitions import defs as _base
-from retriever_forge.scaleout import k8s_adapt_retriever_job
+from retriever_forge.orchestration.definitions import defs as _base
+from retriever_forge.orchestration.scaleout import k8s_adapt_retriever_job
 
 IMAGE = os.environ.get("RETRIEVER_FORGE_IMAGE", "retriever-forge:latest")
 NAMESPACE = os.environ.get("RETRIEVER_FORGE_K8S_NAMESPACE", "retriever-forge")

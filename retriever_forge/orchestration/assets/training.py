@@ -9,7 +9,13 @@ import polars as pl
 from pydantic import Field
 
 from retriever_forge.artifacts import ArtifactRef
-from retriever_forge.assets.common import (
+from retriever_forge.datasets import passage_text
+from retriever_forge.encoding import encode_cached
+from retriever_forge.hashing import hash_file, hash_json
+from retriever_forge.judging import steering_judgments
+from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
+from retriever_forge.model_card import training_card_facts, write_model_card
+from retriever_forge.orchestration.assets.common import (
     CODE_VERSION,
     GPU_POOL,
     asset_owners,
@@ -23,14 +29,8 @@ from retriever_forge.assets.common import (
     publish,
     timed,
 )
-from retriever_forge.assets.generation import _corpus_embeddings
-from retriever_forge.datasets import passage_text
-from retriever_forge.encoding import encode_cached
-from retriever_forge.hashing import hash_file, hash_json
-from retriever_forge.judging import steering_judgments
-from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
-from retriever_forge.model_card import training_card_facts, write_model_card
-from retriever_forge.resources import ArtifactStoreResource, EncoderResource
+from retriever_forge.orchestration.assets.generation import _corpus_embeddings
+from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
 from retriever_forge.training import TrainingConfig, train_encoder
 
 _MINING_DEFAULTS = MiningConfig()

@@ -5,14 +5,14 @@ a shared ``vllm serve`` endpoint, and sharded FAISS indexes. No cluster code of 
   ``dagster_k8s.k8s_job_executor``: every asset runs as its own Kubernetes Job, and the GPU
   assets (query generation, judging, fine-tuning, the corpus index) request
   ``nvidia.com/gpu`` through ``per_step_k8s_config``. Loaded by
-  :mod:`retriever_forge.definitions_k8s` (needs the ``k8s`` extra: ``pip install
+  :mod:`retriever_forge.orchestration.definitions_k8s` (needs the ``k8s`` extra: ``pip install
   retriever-forge[k8s]``).
-* :class:`TorchrunLaunch`: the ``torchrun ... -m retriever_forge.train_cli`` command line for
+* :class:`TorchrunLaunch`: the ``torchrun ... -m retriever_forge.orchestration.train_cli`` command line for
   multi-GPU / multi-node fine-tuning (or ``accelerate launch``), and
   :func:`run_training_with_pipes` to launch it from an asset with Dagster Pipes
   (``PipesSubprocessClient``), which receives rank 0's result as materialization metadata.
 * :class:`VLLMServe`: the ``vllm serve`` command of a shared generation server and the
-  :class:`~retriever_forge.resources.LLMResource` that points the pipeline at it (``openai``
+  :class:`~retriever_forge.orchestration.resources.LLMResource` that points the pipeline at it (``openai``
   backend, many concurrent requests).
 * FAISS beyond memory: ``corpus_index`` with ``index_type: ivfpq`` compresses vectors to
   ``dimension / 8`` bytes; :func:`retriever_forge.indexing.build_sharded_index` builds IVF /
@@ -96,7 +96,7 @@ def k8s_adapt_retriever_job(image: str, namespace: str = "retriever-forge", gpu_
     import dagster as dg
     from dagster_k8s import k8s_job_executor
 
-    from retriever_forge.assets.common import dataset_partitions
+    from retriever_forge.orchestration.assets.common import dataset_partitions
 
     return dg.define_asset_job(
         "adapt_retriever_k8s",
@@ -141,7 +141,7 @@ def step_job_spec(executor_config: dict, step: str, run_id: str = "0" * 36):
 
 @dataclass
 class TorchrunLaunch:
-    """How to start :mod:`retriever_forge.train_cli` under ``torchrun`` (or ``accelerate``).
+    """How to start :mod:`retriever_forge.orchestration.train_cli` under ``torchrun`` (or ``accelerate``).
 
     One node: ``nnodes=1`` and ``nproc_per_node`` = GPUs. Several nodes (e.g. a Kubernetes
     indexed Job or a Kubeflow ``PyTorchJob``): the same command on every node with ``nnodes``
@@ -158,7 +158,7 @@ class TorchrunLaunch:
 
     def command(self, examples: str | Path, base_model: str, output_dir: str | Path, config: dict | None = None) -> list[str]:
         """The argv to run (a list: no shell quoting issues)."""
-        cli = ["-m", "retriever_forge.train_cli", "--examples", str(examples), "--base-model", base_model,
+        cli = ["-m", "retriever_forge.orchestration.train_cli", "--examples", str(examples), "--base-model", base_model,
                "--output-dir", str(output_dir), "--config-json", json.dumps(config or {}, sort_keys=True)]  # fmt: skip
         if self.launcher == "torchrun":
             head = [self.executable or "torchrun", "--nproc_per_node", str(self.nproc_per_node), "--nnodes", str(self.nnodes)]
@@ -244,7 +244,7 @@ class VLLMServe:
 
     def llm_resource(self, host: str | None = None, batch_size: int = 64):
         """An :class:`LLMResource` for the pipeline, pointed at this server."""
-        from retriever_forge.resources import LLMResource
+        from retriever_forge.orchestration.resources import LLMResource
 
         return LLMResource(backend="openai", base_url=self.base_url(host), model=self.served_model_name or self.model,
                            max_concurrency=self.max_concurrency, batch_size=batch_size)  # fmt: skip

@@ -11,7 +11,11 @@ import polars as pl
 from pydantic import Field
 
 from retriever_forge.artifacts import ArtifactRef, ArtifactStore
-from retriever_forge.assets.common import (
+from retriever_forge.encoding import encode_queries
+from retriever_forge.evaluation import bm25_run, dense_run, qrels_dict, query_movers, score_systems, scoreboard_markdown, synthetic_eval_set
+from retriever_forge.fusion import choose_fusion, fuse
+from retriever_forge.indexing import build_corpus_index, load_corpus_index, read_fusion, search_corpus_index, write_fusion
+from retriever_forge.orchestration.assets.common import (
     CODE_VERSION,
     GPU_POOL,
     asset_owners,
@@ -23,13 +27,9 @@ from retriever_forge.assets.common import (
     publish,
     timed,
 )
-from retriever_forge.assets.generation import _corpus_embeddings
-from retriever_forge.assets.training import judge_verdict
-from retriever_forge.encoding import encode_queries
-from retriever_forge.evaluation import bm25_run, dense_run, qrels_dict, query_movers, score_systems, scoreboard_markdown, synthetic_eval_set
-from retriever_forge.fusion import choose_fusion, fuse
-from retriever_forge.indexing import build_corpus_index, load_corpus_index, read_fusion, search_corpus_index, write_fusion
-from retriever_forge.resources import ArtifactStoreResource, EncoderResource
+from retriever_forge.orchestration.assets.generation import _corpus_embeddings
+from retriever_forge.orchestration.assets.training import judge_verdict
+from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
 
 
 class CorpusIndexConfig(dg.Config):

@@ -40,7 +40,7 @@ def _dagster_home() -> Path:
 
 
 def _home(args) -> str:
-    from retriever_forge.resources import DEFAULT_HOME
+    from retriever_forge.orchestration.resources import DEFAULT_HOME
 
     return getattr(args, "home", None) or DEFAULT_HOME
 
@@ -120,7 +120,7 @@ def cmd_run(args) -> int:
         os.environ.setdefault("RETRIEVER_FORGE_PROGRESS", "1")
     import dagster as dg
 
-    from retriever_forge.definitions import defs
+    from retriever_forge.orchestration.definitions import defs
 
     run_config = {}
     if args.config:
@@ -129,8 +129,8 @@ def cmd_run(args) -> int:
         from retriever_forge.budget import with_budget
 
         with_budget(run_config, args.budget)
-    from retriever_forge.assets.common import sync_dataset_partitions
     from retriever_forge.datasets import load_registry
+    from retriever_forge.orchestration.assets.common import sync_dataset_partitions
 
     registry = load_registry()
     if args.dataset not in registry:
@@ -238,8 +238,8 @@ def cmd_model_card(args) -> int:
 
 def cmd_audit(args) -> int:
     """The audit report of one artifact; exit 1 when any artifact in its lineage fails verification."""
-    from retriever_forge.assets.run_records import asset_check_results, config_defaults, instance_from_env
     from retriever_forge.audit import audit_html, audit_markdown, build_audit, lineage_graph
+    from retriever_forge.orchestration.assets.run_records import asset_check_results, config_defaults, instance_from_env
 
     store = _store(args)
     try:
@@ -286,9 +286,9 @@ def cmd_diff(args) -> int:
 
 def cmd_lineage_export(args) -> int:
     """OpenLineage START/COMPLETE events of stored artifacts (a target's lineage, or the whole store), as JSON lines."""
-    from retriever_forge.assets.run_records import asset_check_results, instance_from_env
     from retriever_forge.audit import lineage_graph, topological
     from retriever_forge.openlineage_events import artifact_events, event_json
+    from retriever_forge.orchestration.assets.run_records import asset_check_results, instance_from_env
 
     store = _store(args)
     try:
@@ -320,9 +320,9 @@ def cmd_datasets(args) -> int:
     _dagster_home()
     import dagster as dg
 
-    from retriever_forge.assets.common import DATASET_PARTITIONS
     from retriever_forge.datasets import DatasetError, DatasetSpec, add_dataset, datasets_file, load_registry, remove_dataset
     from retriever_forge.fingerprint import check_readable
+    from retriever_forge.orchestration.assets.common import DATASET_PARTITIONS
 
     instance = dg.DagsterInstance.get()
     try:

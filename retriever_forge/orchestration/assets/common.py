@@ -230,7 +230,7 @@ def timed(context: dg.AssetExecutionContext | None = None):
     """
     box = {"started_at": now(), "t0": time.perf_counter()}
     if context is not None:
-        from retriever_forge.assets.lineage_hooks import emit_start
+        from retriever_forge.orchestration.assets.lineage_hooks import emit_start
 
         emit_start(context)
     try:

@@ -1,7 +1,7 @@
 """Sensors: the declarative automation, the datasets-file watcher, and failure alerts.
 
 - ``retriever_forge_automation`` evaluates every asset's automation condition
-  (:func:`retriever_forge.assets.common.changed_upstream_condition`) and launches the runs it asks
+  (:func:`retriever_forge.orchestration.assets.common.changed_upstream_condition`) and launches the runs it asks
   for; off until switched on.
 - ``dataset_registry`` keeps the instance's dataset partitions equal to the datasets file, so a
   dataset added (or removed) by editing ``datasets.yaml`` by hand appears (or disappears) without a
@@ -17,9 +17,9 @@ from pathlib import Path
 import dagster as dg
 
 from retriever_forge.alerts import FILE_ENV, UI_URL_ENV, WEBHOOK_ENV, deliver, failure_message
-from retriever_forge.assets.common import dataset_partitions, registry_changes
 from retriever_forge.datasets import DatasetError, datasets_file, load_registry
-from retriever_forge.jobs import AUTOMATION_ON, RUN_TAGS
+from retriever_forge.orchestration.assets.common import dataset_partitions, registry_changes
+from retriever_forge.orchestration.jobs import AUTOMATION_ON, RUN_TAGS
 
 AUTOMATION_INTERVAL_S = int(os.environ.get("RETRIEVER_FORGE_AUTOMATION_INTERVAL_S", "30"))
 REGISTRY_INTERVAL_S = int(os.environ.get("RETRIEVER_FORGE_REGISTRY_INTERVAL_S", "30"))
@@ -56,7 +56,7 @@ def dataset_registry(context: dg.SensorEvaluationContext):
 
 
 def alert_file() -> Path:
-    from retriever_forge.resources import DEFAULT_HOME
+    from retriever_forge.orchestration.resources import DEFAULT_HOME
 
     return Path(os.environ.get(FILE_ENV) or Path(DEFAULT_HOME) / "alerts.jsonl")
 
