@@ -1,6 +1,7 @@
 """The audit report on a tiny hand-built lineage: verification names the artifact and the file."""
 
 import re
+import shutil
 
 import polars as pl
 import pytest
@@ -91,3 +92,30 @@ def test_audit_command_exits_non_zero_on_a_corrupted_upstream_and_names_it(linea
 
 def test_config_rows_without_known_defaults_are_not_marked():
     assert config_rows({"dataset": {"name": "x"}}, None) == [{"key": "dataset.name", "value": "x", "default": None, "changed": False, "known": False}]
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")), reason="needs Debian chromium + chromium-driver (.ci/run installs them)")
+def test_the_report_renders_in_a_real_browser_and_shows_a_flipped_byte(lineage, tmp_path):
+    """Headless chromium lays the page out: the lineage graph's nodes, the verified marks, the
+    prompt and the samples are visible; after a flipped byte the mismatch is what it shows."""
+    pytest.importorskip("selenium")
+    from scripts.audit_in_browser import render
+
+    store, corpus, _, model = lineage
+    clean = tmp_path / "clean.html"
+    clean.write_text(audit_html(build_audit(store, model.hash)))
+    seen = render(clean, tmp_path / "clean.png")
+    assert seen["graph"]["width"] > 100 and {"corpus", "synthetic_queries", "fine_tuned_encoder"} <= set(seen["graph"]["nodes"])
+    assert seen["verified"] >= 3 and seen["mismatches"] == 0 and seen["prompts"] >= 1
+    assert all(seen["sections"][h] for h in ("Lineage", "Asset checks", "Samples", "Artifacts"))
+    assert any(t.startswith("synthetic_queries") or "queries" in t.lower() for t in seen["sample_tables"]), seen["sample_tables"]
+    assert (tmp_path / "clean.png").stat().st_size > 10_000
+
+    path = store.local_path(corpus)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    flipped = tmp_path / "flipped.html"
+    flipped.write_text(audit_html(build_audit(store, model.hash)))
+    seen = render(flipped)
+    assert seen["mismatches"] >= 1 and "VERIFICATION FAILED for 1 artifact" in seen["banner"]
