@@ -203,10 +203,6 @@ def dataset_run_config(spec: DatasetSpec, config_classes: dict[str, type[dg.Conf
     return {"ops": ops} if ops else {}
 
 
-def read_table(store: ArtifactStore, ref: ArtifactRef) -> pl.DataFrame:
-    return store.read_table(ref)
-
-
 def markdown_table(df: pl.DataFrame, max_rows: int = 10, max_chars: int = 120) -> str:
     """A small Markdown preview of a table for the UI."""
     df = df.head(max_rows)
