@@ -755,12 +755,3 @@ def _reset_tokenizer_runtime_state(model) -> None:
 
 def _due(step: int, every: int, end_of_epoch: bool) -> bool:
     return (every > 0 and step % every == 0) or (every <= 0 and end_of_epoch)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (for callers that build data with global RNGs)."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
