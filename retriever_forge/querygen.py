@@ -22,11 +22,10 @@ Example:
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -317,7 +316,3 @@ def generation_summary(queries: pl.DataFrame) -> dict:
         "splits": {r["split"]: r["len"] for r in kept.group_by("split").len().sort("split").iter_rows(named=True)},
         "unparseable_share": float((queries["dropped_by"] == "unparseable").sum() / max(queries.height, 1)),
     }
-
-
-def config_record(config: QueryGenerationConfig) -> dict:
-    return json.loads(json.dumps(asdict(config), default=list))
