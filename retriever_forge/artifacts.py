@@ -70,7 +70,7 @@ class ArtifactRef:
     hash: str
     uri: str  # folder holding the payload and manifest.json
     payload: str  # file or folder name inside ``uri``
-    format: str  # "parquet", "json", "folder", "file"
+    format: str  # "parquet", "json" or "folder"
 
     @property
     def payload_uri(self) -> str:
@@ -278,10 +278,6 @@ class ArtifactStore:
     def put_json(self, obj, kind: str) -> ArtifactRef:
         data = json.dumps(obj, sort_keys=True, indent=1, default=str).encode()
         return self._publish_bytes(data, kind, JSON_FILE, "json")
-
-    def put_file(self, path: str | os.PathLike, kind: str) -> ArtifactRef:
-        path = Path(path)
-        return self._publish(self._ref(kind, hash_file(path), path.name, "file"), lambda tmp: self.fs.put_file(str(path), tmp))
 
     def put_folder(self, folder: str | os.PathLike, kind: str, payload: str = "model") -> ArtifactRef:
         """Store a folder (a model); its hash covers every file's relative path and bytes."""
