@@ -36,15 +36,12 @@ def _rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, stream])
 
 
-def shuffled_batches(n_examples: int, batch_size: int, seed: int = 0, epoch: int = 0, drop_last: bool = False) -> list[list[int]]:
+def shuffled_batches(n_examples: int, batch_size: int, seed: int = 0, epoch: int = 0) -> list[list[int]]:
     """Example indices shuffled by ``(seed, epoch)`` and cut into batches."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     order = _rng(seed, epoch).permutation(n_examples).tolist()
-    batches = [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
-    if drop_last and batches and len(batches[-1]) < batch_size:
-        batches.pop()
-    return batches
+    return [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
 
 
 def kmeans_topics(embeddings: np.ndarray, n_topics: int, seed: int = 0, niter: int = 20) -> np.ndarray:
@@ -97,7 +94,7 @@ class TopicBatcher:
         self.topics = kmeans_topics(query_embeddings, n_topics, seed=seed)
         self.members = [np.flatnonzero(self.topics == t) for t in np.unique(self.topics)]
 
-    def batches(self, epoch: int = 0, drop_last: bool = False) -> list[list[int]]:
+    def batches(self, epoch: int = 0) -> list[list[int]]:
         rng = _rng(self.seed, epoch, stream=1)
         full, remainder = [], []
         for members in self.members:
@@ -106,8 +103,6 @@ class TopicBatcher:
             full.extend(shuffled[i : i + self.batch_size] for i in range(0, cut, self.batch_size))
             remainder.extend(shuffled[cut:])
         mixed = [remainder[i : i + self.batch_size] for i in range(0, len(remainder), self.batch_size)]
-        if drop_last and mixed and len(mixed[-1]) < self.batch_size:
-            mixed.pop()
         batches = full + mixed
         return [batches[i] for i in rng.permutation(len(batches))]
 
