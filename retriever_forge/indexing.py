@@ -96,12 +96,11 @@ def resolve_index_type(n: int, index_type: str = "auto", exact_max_docs: int = 2
     return index_type
 
 
-def make_index(dimension: int, n: int, index_type: str = "auto", exact_max_docs: int = 200_000, hnsw_m: int = 32,
-               params: IndexParams | None = None):  # fmt: skip
+def make_index(dimension: int, n: int, index_type: str = "auto", exact_max_docs: int = 200_000, params: IndexParams | None = None):
     """An empty (untrained) inner-product index for ``n`` vectors, and its resolved type."""
     import faiss
 
-    p = params or IndexParams(hnsw_m=hnsw_m)
+    p = params or IndexParams()
     kind = resolve_index_type(n, index_type, exact_max_docs)
     if kind == "flat":
         return faiss.IndexFlatIP(dimension), kind
