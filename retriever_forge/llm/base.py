@@ -18,8 +18,12 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
+
+from retriever_forge.llm.decoding import encode_rendered, render_chat
+from retriever_forge.llm.weights import local_weights_hash
 
 
 @dataclass(frozen=True)
@@ -78,3 +82,45 @@ class LLMBackend(Protocol):
         the model's label distribution restricted to the allowed labels.
         """
         ...
+
+
+class LocalWeightsLLM:
+    """What the in-process backends (transformers, vLLM) share: weights identity and prompt encoding.
+
+    A subclass sets ``model_path``, ``gguf_file``, ``chat_template``, ``max_prompt_tokens``,
+    ``truncated_prompts = 0`` and ``_weights_hash = None`` in its ``__init__`` and provides a
+    ``tokenizer`` property. Both backends thus hash the same files and feed the model the same
+    token ids for a prompt, so their cache keys and provenance records agree.
+    """
+
+    model_path: str
+    gguf_file: str | None
+    chat_template: bool
+    max_prompt_tokens: int
+    truncated_prompts: int
+    _weights_hash: str | None
+
+    @property
+    def weights_hash(self) -> str:
+        """sha256 of the GGUF file, or of the model folder's weights, config and tokenizer files."""
+        if self._weights_hash is None:
+            self._weights_hash = local_weights_hash(self.model_path, self.gguf_file)
+        return self._weights_hash
+
+    def render_prompt(self, prompt: str) -> str:
+        """The exact text the model reads for ``prompt`` (chat-wrapped when enabled)."""
+        return render_chat(self.tokenizer, prompt, self.chat_template)
+
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of each rendered prompt, over-long ones cut in the middle (counted in
+        ``truncated_prompts``, logged by the backend's module logger)."""
+        tok = self.tokenizer
+        is_chat = self.chat_template and bool(getattr(tok, "chat_template", None))
+        encoded = []
+        for prompt in prompts:
+            ids, truncated = encode_rendered(tok, self.render_prompt(prompt), is_chat, self.max_prompt_tokens)
+            if truncated:
+                self.truncated_prompts += 1
+                logging.getLogger(type(self).__module__).warning("prompt cut to %d tokens (middle dropped)", self.max_prompt_tokens)
+            encoded.append(ids)
+        return encoded

@@ -24,19 +24,9 @@ import copy
 import logging
 import threading
 
-from retriever_forge.llm.base import Generation, SamplingParams
-from retriever_forge.llm.decoding import (
-    derive_seed,
-    encode_rendered,
-    first_token_ids,
-    render_chat,
-    truncate_at_stop,
-)
-from retriever_forge.llm.weights import (
-    default_generator_path,
-    gguf_to_hf_folder,
-    local_weights_hash,
-)
+from retriever_forge.llm.base import Generation, LocalWeightsLLM, SamplingParams
+from retriever_forge.llm.decoding import derive_seed, first_token_ids, truncate_at_stop
+from retriever_forge.llm.weights import default_generator_path, gguf_to_hf_folder
 from retriever_forge.numerics import bf16_is_native
 from retriever_forge.progress import progress_bar
 
@@ -56,7 +46,7 @@ def _common_prefix_length(rows: list[list[int]]) -> int:
     return n
 
 
-class TransformersLLM:
+class TransformersLLM(LocalWeightsLLM):
     """A causal LM run in-process with transformers; implements :class:`LLMBackend`.
 
     Args:
@@ -193,30 +183,8 @@ class TransformersLLM:
         device = self._device()
         return "bfloat16" if device.startswith("cuda") or bf16_is_native(device) else "float32"
 
-    @property
-    def weights_hash(self) -> str:
-        """sha256 of the GGUF file, or of the model folder's weights, config and tokenizer files."""
-        if self._weights_hash is None:
-            self._weights_hash = local_weights_hash(self.model_path, self.gguf_file)
-        return self._weights_hash
-
     # ------------------------------------------------------------------ prompts
-
-    def render_prompt(self, prompt: str) -> str:
-        """The exact text the model reads for ``prompt`` (chat-wrapped when enabled)."""
-        return render_chat(self.tokenizer, prompt, self.chat_template)
-
-    def _encode(self, prompts: list[str]) -> list[list[int]]:
-        tok = self.tokenizer
-        is_chat = self.chat_template and bool(getattr(tok, "chat_template", None))
-        encoded = []
-        for prompt in prompts:
-            ids, truncated = encode_rendered(tok, self.render_prompt(prompt), is_chat, self.max_prompt_tokens)
-            if truncated:
-                self.truncated_prompts += 1
-                log.warning("prompt cut to %d tokens (middle dropped)", self.max_prompt_tokens)
-            encoded.append(ids)
-        return encoded
+    # weights_hash, render_prompt and _encode: see LocalWeightsLLM (shared with VLLMBackend).
 
     def _batches(self, encoded: list[list[int]], max_padding: float = 0.25) -> list[list[int]]:
         """Indices grouped into prefill batches of similar length, so little compute goes to padding.

@@ -43,17 +43,9 @@ import os
 import threading
 from pathlib import Path
 
-from retriever_forge.llm.base import Generation, SamplingParams
-from retriever_forge.llm.decoding import (
-    MISSING_LOGPROB,
-    derive_seed,
-    encode_rendered,
-    first_token_ids,
-    normalise_logprobs,
-    render_chat,
-    truncate_at_stop,
-)
-from retriever_forge.llm.weights import gguf_to_hf_folder, local_weights_hash
+from retriever_forge.llm.base import Generation, LocalWeightsLLM, SamplingParams
+from retriever_forge.llm.decoding import MISSING_LOGPROB, derive_seed, first_token_ids, normalise_logprobs, truncate_at_stop
+from retriever_forge.llm.weights import gguf_to_hf_folder
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +59,7 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-class VLLMBackend:
+class VLLMBackend(LocalWeightsLLM):
     """A model served in-process by ``vllm.LLM``; implements :class:`LLMBackend`.
 
     Args:
@@ -201,28 +193,10 @@ class VLLMBackend:
         config = json.loads((Path(self._folder()) / "config.json").read_text()) if Path(self._folder()).is_dir() else {}
         return "bfloat16" if str(config.get("torch_dtype", config.get("dtype", ""))) == "bfloat16" else "float16"
 
-    @property
-    def weights_hash(self) -> str:
-        """sha256 of the GGUF file, or of the model folder's weights, config and tokenizer files."""
-        if self._weights_hash is None:
-            self._weights_hash = local_weights_hash(self.model_path, self.gguf_file)
-        return self._weights_hash
-
-    def render_prompt(self, prompt: str) -> str:
-        """The exact text the model reads for ``prompt`` (chat-wrapped when enabled)."""
-        return render_chat(self.tokenizer, prompt, self.chat_template)
+    # weights_hash, render_prompt and _encode: see LocalWeightsLLM (shared with TransformersLLM).
 
     def _token_prompts(self, prompts: list[str]) -> list[dict]:
-        tok = self.tokenizer
-        is_chat = self.chat_template and bool(getattr(tok, "chat_template", None))
-        out = []
-        for prompt in prompts:
-            ids, truncated = encode_rendered(tok, self.render_prompt(prompt), is_chat, self.max_prompt_tokens)
-            if truncated:
-                self.truncated_prompts += 1
-                log.warning("prompt cut to %d tokens (middle dropped)", self.max_prompt_tokens)
-            out.append({"prompt_token_ids": ids})
-        return out
+        return [{"prompt_token_ids": ids} for ids in self._encode(prompts)]
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
         """Complete every prompt; output order matches input order."""
