@@ -61,6 +61,14 @@ class Encoder:
         get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         return int(get())
 
+    def record(self) -> dict:
+        """The encoder as a provenance record (an entry of a manifest's ``models``).
+
+        >>> Encoder(model=None, name="all-MiniLM-L6-v2", path="/m", weights_hash="ab12").record()
+        {'id': 'all-MiniLM-L6-v2', 'weights_hash': 'ab12'}
+        """
+        return {"id": self.name, "weights_hash": self.weights_hash}
+
 
 def model_folder_hash(path: str) -> str:
     """Hash of a model folder's weight, config and tokenizer files."""

@@ -98,7 +98,7 @@ def corpus_index(
                   "fine_tuned_encoder": fine_tuned_encoder},
         timing=t, rows=corpus_df.height, config=values,
         models={"encoder": {"id": "fine_tuned_encoder", "weights_hash": fine_tuned_encoder.hash},
-                "base_encoder": {"id": base.name, "weights_hash": base.weights_hash}},
+                "base_encoder": base.record()},
         metadata={"hybrid": dg.MetadataValue.md(_fusion_markdown(fusion)), "index_type": info["index_type"],
                   "dimension": info["dimension"], "vectors": info["vectors"], "fusion": dg.MetadataValue.json(fusion)},
     )  # fmt: skip
@@ -211,7 +211,7 @@ def benchmark_scores(
         upstream={"corpus": corpus, "eval_queries": eval_queries, "eval_qrels": eval_qrels, "synthetic_queries": synthetic_queries,
                   "relevance_judgments": relevance_judgments, "fine_tuned_encoder": fine_tuned_encoder, "corpus_index": corpus_index},
         timing=t, rows=table.height, config=values,
-        models={"base_encoder": {"id": base.name, "weights_hash": base.weights_hash},
+        models={"base_encoder": base.record(),
                 "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": fine_tuned_encoder.hash}},
         metadata={"scoreboard": dg.MetadataValue.md(markdown), "queries_moved": dg.MetadataValue.md(_movers_markdown(movers)),
                   "per_query_delta": dg.MetadataValue.md(_delta_chart(table)), "judgments": judged_by,

@@ -171,7 +171,7 @@ def synthetic_queries(
     models = {"generator": {"id": generator.model_id, "weights_hash": generator.weights_hash, "backend": llm.backend,
                             "numerics": generator.numerics}}  # fmt: skip
     if qg.round_trip_k:
-        models["round_trip_encoder"] = {"id": enc.name, "weights_hash": enc.weights_hash}
+        models["round_trip_encoder"] = enc.record()
     kept = queries.filter(pl.col("dropped_by").is_null())
     yield publish(
         context, store, ref, asset="synthetic_queries", upstream={"corpus": corpus, "eval_qrels": eval_qrels}, timing=t,
@@ -324,7 +324,7 @@ def relevance_judgments(
     template = load_template(cfg.template)
     models = {"judge": {"id": judge.model_id, "weights_hash": judge.weights_hash, "backend": llm.backend, "numerics": judge.numerics}}
     if check["used"]:
-        models["candidate_encoder"] = {"id": enc.name, "weights_hash": enc.weights_hash}
+        models["candidate_encoder"] = enc.record()
     judge_record = {k: check[k] for k in ("auc", "pairs", "used", "min_auc")}
     yield publish(
         context, store, ref, asset="relevance_judgments",

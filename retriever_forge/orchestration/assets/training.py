@@ -188,9 +188,9 @@ def hard_negatives(
         ref = store.put_table(candidates, "hard_negatives")
     reasons = candidates.group_by("dropped_by").len().sort("dropped_by")
     decisions = {str(r["dropped_by"] or "kept"): r["len"] for r in reasons.iter_rows(named=True)}
-    models = {"mining_encoder": {"id": enc.name, "weights_hash": enc.weights_hash}}
+    models = {"mining_encoder": enc.record()}
     if values["guide_model"]:
-        models["guide_encoder"] = {"id": g.name, "weights_hash": g.weights_hash}
+        models["guide_encoder"] = g.record()
     return publish(
         context, store, ref, asset="hard_negatives",
         upstream={"corpus": corpus, "synthetic_queries": synthetic_queries, "relevance_judgments": relevance_judgments},
@@ -312,7 +312,7 @@ def fine_tuned_encoder(
     yield publish(
         context, store, ref, asset="fine_tuned_encoder", upstream={"training_examples": training_examples}, timing=t,
         rows=int(examples.height), config={**dataclasses.asdict(tc), "budget": values.get("budget")},  # resolved, shown once
-        models={"base_encoder": {"id": base.name, "weights_hash": base.weights_hash},
+        models={"base_encoder": base.record(),
                 "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": ref.hash, "precision": result.precision}},
         seeds={"seed": tc.seed},
         extra={"training": training, "model_card": card_facts, "judge": judge},  # the card's facts: `retriever-forge model-card` re-renders it with scores
