@@ -72,10 +72,9 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
     import numpy as np
 
     from retriever_forge.artifacts import ArtifactStore
-    from retriever_forge.encoding import encode
+    from retriever_forge.encoding import corpus_embeddings, encode
     from retriever_forge.evaluation import bm25_run, dense_run, qrels_dict, score_run
     from retriever_forge.fusion import reciprocal_rank_fusion
-    from retriever_forge.orchestration.assets.generation import _corpus_embeddings
     from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
 
     store = ArtifactStore(str(home))
@@ -89,7 +88,7 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
     for system, model in (("rrf-base", None), ("rrf-fine-tuned", str(store.local_path(store.read_pointer("fine_tuned_encoder", partition))))):
         started = time.perf_counter()
         enc = resource.load(model)
-        emb = np.asarray(_corpus_embeddings(enc, corpus, scratch, resource.batch_size))
+        emb = np.asarray(corpus_embeddings(enc, corpus, scratch, resource.batch_size))
         dense = dense_run(encode(enc, texts), emb, ids, doc_ids, k=depth)
         per_query, agg = score_run(reciprocal_rank_fusion([bm25, dense], k=60, depth=depth), qrels)
         rows.append({"system": system, **agg, "queries": per_query.height, "seconds": round(time.perf_counter() - started, 1)})

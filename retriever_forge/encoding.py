@@ -268,3 +268,17 @@ def encode_cached(
     os.replace(tmp, path)
     os.replace(keys_tmp, folder / f"{key}.keys.npy")  # written last: an array without keys is never a source
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def corpus_embeddings(encoder: Encoder, corpus, cache_dir: str | Path | None, batch_size: int = 64) -> np.ndarray:
+    """Embeddings of a corpus table's passages (``title``, ``text`` columns), in row order.
+
+    Each passage is encoded as :func:`retriever_forge.datasets.passage_text` (``title: text``),
+    through :func:`encode_cached`: the round-trip filter, the judge's candidates, mining, the
+    index and the benchmark all embed the corpus this way, so with one ``cache_dir`` an
+    encoder embeds a corpus once. Returns a read-only memmap when ``cache_dir`` is given.
+    """
+    from retriever_forge.datasets import passage_text
+
+    texts = [passage_text(t, x) for t, x in zip(corpus["title"], corpus["text"], strict=True)]
+    return encode_cached(encoder, texts, cache_dir, batch_size=batch_size)

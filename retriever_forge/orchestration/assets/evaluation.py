@@ -11,7 +11,7 @@ import polars as pl
 from pydantic import Field
 
 from retriever_forge.artifacts import ArtifactRef, ArtifactStore
-from retriever_forge.encoding import encode_queries
+from retriever_forge.encoding import corpus_embeddings, encode_queries
 from retriever_forge.evaluation import bm25_run, dense_run, qrels_dict, query_movers, score_systems, scoreboard_markdown, synthetic_eval_set
 from retriever_forge.fusion import choose_fusion, fuse
 from retriever_forge.indexing import build_corpus_index, load_corpus_index, read_fusion, search_corpus_index, write_fusion
@@ -27,7 +27,6 @@ from retriever_forge.orchestration.assets.common import (
     publish,
     timed,
 )
-from retriever_forge.orchestration.assets.generation import _corpus_embeddings
 from retriever_forge.orchestration.assets.training import judge_verdict
 from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
 
@@ -75,13 +74,13 @@ def corpus_index(
     corpus_df = store.read_table(corpus)
     with timed(context) as t:
         tuned = encoder.load(str(store.local_path(fine_tuned_encoder)))
-        emb = _corpus_embeddings(tuned, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+        emb = corpus_embeddings(tuned, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
         doc_ids = corpus_df["doc_id"].to_list()
         dev_queries, dev_qrels = synthetic_eval_set(store.read_table(synthetic_queries), store.read_table(relevance_judgments), split="dev")
         depth, texts, dev_ids = values["fusion_depth"], dev_queries["text"].to_list(), dev_queries["query_id"].to_list()
         lexical = bm25_run(corpus_df, dev_queries, k=depth) if dev_queries.height else {}
         base = encoder.load()
-        base_emb = _corpus_embeddings(base, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+        base_emb = corpus_embeddings(base, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
         dense = {name: dense_run(encode_queries(enc, texts), np.asarray(e), dev_ids, doc_ids, k=depth) if texts else {}
                  for name, enc, e in (("hybrid", tuned, emb), ("hybrid-base", base, base_emb))}  # fmt: skip
         qrels = qrels_dict(dev_qrels)
@@ -171,7 +170,7 @@ def benchmark_scores(
         seconds["bm25"] = ts["seconds"]
         with timed() as ts:
             base = encoder.load()
-            base_corpus = _corpus_embeddings(base, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+            base_corpus = corpus_embeddings(base, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
             runs["base"] = dense_run(encode_queries(base, query_texts), np.asarray(base_corpus), query_ids, doc_ids, k=values["depth"])
         seconds["base"] = ts["seconds"]
         index_dir = store.local_path(corpus_index)

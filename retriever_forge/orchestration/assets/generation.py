@@ -9,7 +9,7 @@ from pydantic import Field
 from retriever_forge.artifacts import ArtifactRef
 from retriever_forge.budget import estimate_plan, plan_message
 from retriever_forge.datasets import passage_text
-from retriever_forge.encoding import encode_cached
+from retriever_forge.encoding import corpus_embeddings, encode_cached
 from retriever_forge.judging import (
     CALIBRATION_TYPES,
     JudgingConfig,
@@ -90,11 +90,6 @@ class RelevanceJudgmentsConfig(dg.Config):
     seed: int = 0
 
 
-def _corpus_embeddings(encoder, corpus: pl.DataFrame, cache_dir, batch_size: int) -> np.ndarray:
-    texts = [passage_text(t, x) for t, x in zip(corpus["title"], corpus["text"], strict=True)]
-    return encode_cached(encoder, texts, cache_dir, batch_size=batch_size)
-
-
 @dg.asset(
     partitions_def=dataset_partitions,
     group_name="generation",
@@ -160,7 +155,7 @@ def synthetic_queries(
         queries = generate_synthetic_queries(corpus_df, generator, qg, progress=log_progress(context), completion_llm=completer)
         if qg.round_trip_k:
             enc = encoder.load()
-            corpus_emb = _corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+            corpus_emb = corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
             kept = queries.filter(pl.col("dropped_by").is_null())
             q_emb = encode_cached(enc, kept["text"].to_list(), None, batch_size=encoder.batch_size)
             queries = round_trip_filter(queries, q_emb, corpus_emb, corpus_df["doc_id"].to_list(), qg.round_trip_k)
@@ -311,7 +306,7 @@ def relevance_judgments(
         context.log.info(judge_check_message(check))
         if check["used"]:
             enc = encoder.load()
-            corpus_emb = _corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+            corpus_emb = corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
             query_emb = encode_cached(enc, queries["text"].to_list(), None, batch_size=encoder.batch_size)
             pairs = judgment_pairs(queries, corpus_df, corpus_emb, query_emb, cfg)
             judgments = judge_pairs(pairs, judge, cfg, progress=progress)

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from retriever_forge.artifacts import ArtifactRef
 from retriever_forge.datasets import passage_text
-from retriever_forge.encoding import encode_cached
+from retriever_forge.encoding import corpus_embeddings, encode_cached
 from retriever_forge.hashing import hash_file, hash_json
 from retriever_forge.judging import steering_judgments
 from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
@@ -29,7 +29,6 @@ from retriever_forge.orchestration.assets.common import (
     publish,
     timed,
 )
-from retriever_forge.orchestration.assets.generation import _corpus_embeddings
 from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
 from retriever_forge.training import TrainingConfig, train_encoder
 
@@ -170,14 +169,14 @@ def hard_negatives(
     mining.use_guide = values["guide_model"] is not None
     with timed(context) as t:
         enc = encoder.load()
-        corpus_emb = _corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+        corpus_emb = corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
         query_emb = encode_cached(enc, queries["text"].to_list(), None, batch_size=encoder.batch_size)
         guide = None
         if values["guide_model"]:
             g = encoder.load(values["guide_model"])
             guide = (
                 encode_cached(g, queries["text"].to_list(), None, batch_size=encoder.batch_size),
-                _corpus_embeddings(g, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size),
+                corpus_embeddings(g, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size),
             )
         bm25_texts = [passage_text(a, b) for a, b in zip(corpus_df["title"], corpus_df["text"], strict=True)] if mining.bm25_candidates else None
         candidates = mine_hard_negatives(
