@@ -55,7 +55,7 @@ def test_full_graph_materializes_with_scores(first_run):
     assert all(r["judgments"] == "synthetic" for r in board["systems"])
     # The judge checked itself (calibration pairs) and the scoreboard says whose weights were published.
     assert set(board["judge"]) == {"auc", "pairs", "used"} and board["judge"]["pairs"] > 0 and 0 <= board["judge"]["auc"] <= 1
-    assert board["published_weights"] == "base" or board["published_weights"].startswith("fine-tuned (step ")
+    assert board["published_weights"] == "base" or board["published_weights"].startswith(("fine-tuned (step ", "fine-tuned (last step, "))
     judgments = store.read_table(_ref(home, "relevance_judgments"))
     assert {"calibration_source", "calibration_random"} <= set(judgments["pair_type"])
     if not board["judge"]["used"]:  # SmolLM2 is at chance: the rest was not judged

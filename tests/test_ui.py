@@ -146,6 +146,7 @@ def test_browser_shows_the_scoreboard_first_and_the_loss_plot_as_an_image(webser
         cells = _wait(driver, lambda d: d.execute_script(
             "const cells = [...document.querySelectorAll('[role=dialog] table td')].map(c => c.innerText.trim());"
             "return cells.length ? cells : null;"))  # fmt: skip
+        time.sleep(1)  # the dialog fades in: a screenshot at once catches it half transparent
         driver.save_screenshot(str(shots / "benchmark_scores.png"))
         assert {"bm25", "base", "hybrid-base", "fine-tuned", "hybrid"} <= set(cells), cells
 
@@ -157,6 +158,7 @@ def test_browser_shows_the_scoreboard_first_and_the_loss_plot_as_an_image(webser
         sizes = _wait(driver, lambda d: d.execute_script(
             "const imgs = [...document.querySelectorAll('img')].filter(i => i.src.startsWith('data:image/png'));"
             "return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.map(i => [i.naturalWidth, i.naturalHeight]) : null;"))  # fmt: skip
+        time.sleep(1)
         driver.save_screenshot(str(shots / "fine_tuned_encoder.png"))
         assert all(w > 100 and h > 50 for w, h in sizes)  # a decoded PNG, not a broken-image icon
     finally:

@@ -119,6 +119,8 @@ def published_weights(store, fine_tuned_encoder: ArtifactRef) -> str:
     # kept_base_weights: step 0 won a dev evaluation (without dev queries the last step's weights are published)
     if training.get("kept_base_weights", training.get("best_step") == 0):
         return "base"
+    if not training.get("best_step"):  # no dev evaluation picked a step: the last one's weights
+        return f"fine-tuned (last step, {training.get('steps')}; no dev evaluation)"
     return f"fine-tuned (step {training.get('best_step')} of {training.get('steps')})"
 
 
