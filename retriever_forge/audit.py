@@ -438,7 +438,10 @@ def _table(rows: list[dict], cols: list[str] | None = None) -> str:
             return f'<td class="num">{v}</td>'
         if comparison_text(v) is not None:
             return f'<td class="num">{_e(comparison_text(v))}</td>'
-        if isinstance(v, dict | list):
+        if isinstance(v, dict):  # e.g. the hybrid rows' fusion record: "key: value" pairs read better than JSON in a cell
+            pairs = (f"{k}: {json.dumps(x, default=str) if isinstance(x, dict | list) else x}" for k, x in v.items())
+            return f"<td><code>{_e('; '.join(pairs))}</code></td>"
+        if isinstance(v, list):
             return f"<td><code>{_e(json.dumps(v, default=str))}</code></td>"
         return f"<td>{_e(v)}</td>"
 
