@@ -90,6 +90,10 @@ def recipe_changes(ma: dict, mb: dict, lineage_hashes: set[str]) -> list[dict]:
         a, b = mda.get(role) or {}, mdb.get(role) or {}
         if {a.get("weights_hash"), b.get("weights_hash")} & lineage_hashes:
             continue
+        if not a or not b:  # a role used by one run only (the judge passed its self-check in one): data decided it, not the user
+            used = b or a
+            changes.append({"kind": "model_use", "role": role, "used_in": "B" if b else "A", "model": {"id": used.get("id"), "weights_hash": used.get("weights_hash")}})
+            continue
         if (a.get("id"), a.get("weights_hash")) != (b.get("id"), b.get("weights_hash")):
             changes.append({"kind": "model", "role": role, "old": {"id": a.get("id"), "weights_hash": a.get("weights_hash")},
                             "new": {"id": b.get("id"), "weights_hash": b.get("weights_hash")}})  # fmt: skip
@@ -206,6 +210,8 @@ def summarize(divergences: list[dict]) -> list[dict]:
     out: dict[tuple, dict] = {}
     for d in divergences:
         for c in d["changes"]:
+            if c["kind"] == "model_use":  # a consequence of changed data, not a change anyone made
+                continue
             entry = out.setdefault(_change_identity(c), {**c, "assets": []})
             entry["assets"].append(d["asset"])
     return list(out.values())
@@ -220,6 +226,8 @@ def _describe(c: dict) -> str:
         return f"prompt {c['role']} ({ids}) changed: {str(c['old_hash'])[:12]} → {str(c['new_hash'])[:12]}"
     if k == "model":
         return f"model {c['role']}: {c['old']['id']} {str(c['old']['weights_hash'])[:12]} → {c['new']['id']} {str(c['new']['weights_hash'])[:12]}"
+    if k == "model_use":
+        return f"model {c['role']} ({c['model']['id']} {str(c['model']['weights_hash'])[:12]}) used only in {c['used_in']}"
     if k == "rows":
         parts = [f"{c['added']} added", f"{c['removed']} removed", f"{c['changed']} changed"]
         ids = "; ".join(f"{n}: {', '.join(c[f'{n}_ids'])}" for n in ("added", "removed", "changed") if c[f"{n}_ids"])
