@@ -108,6 +108,16 @@ def _wait(driver, predicate, seconds=120):
     return WebDriverWait(driver, seconds, poll_frequency=1).until(lambda d: predicate(d))
 
 
+def _click(driver, element) -> None:
+    """Dismiss the first-visit dialog if it came up late, then click through JavaScript (a
+    backdrop still fading out would intercept a pointer click on a slow machine)."""
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
+        driver.execute_script("arguments[0].click()", button)
+    driver.execute_script("arguments[0].click()", element)
+
+
 def _open_asset(driver, url: str, asset: str, labels: list[str]) -> list[str]:
     """Open an asset's page, dismiss the first-visit dialog, and return its metadata keys in display order."""
     from selenium.webdriver.common.by import By
@@ -142,7 +152,7 @@ def test_browser_shows_the_scoreboard_first_and_the_loss_plot_as_an_image(webser
         driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", row)
         # the scoreboard renders as a table, inline, with every system
         # the UI folds a Markdown entry behind "Show Markdown"; opened, the scoreboard is a table with every system
-        row.find_element(By.XPATH, ".//a[contains(., 'Show Markdown')]").click()
+        _click(driver, row.find_element(By.XPATH, ".//a[contains(., 'Show Markdown')]"))
         cells = _wait(driver, lambda d: d.execute_script(
             "const cells = [...document.querySelectorAll('[role=dialog] table td')].map(c => c.innerText.trim());"
             "return cells.length ? cells : null;"))  # fmt: skip
@@ -154,7 +164,7 @@ def test_browser_shows_the_scoreboard_first_and_the_loss_plot_as_an_image(webser
         assert shown[0] == "training_curve"
         row = driver.find_element(By.XPATH, "//td[normalize-space()='training_curve']/..")
         driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", row)
-        row.find_element(By.XPATH, ".//a[contains(., 'Show Markdown')]").click()
+        _click(driver, row.find_element(By.XPATH, ".//a[contains(., 'Show Markdown')]"))
         sizes = _wait(driver, lambda d: d.execute_script(
             "const imgs = [...document.querySelectorAll('img')].filter(i => i.src.startsWith('data:image/png'));"
             "return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.map(i => [i.naturalWidth, i.naturalHeight]) : null;"))  # fmt: skip

@@ -117,7 +117,19 @@ def cmd_run(args) -> int:
         # Library deprecation notices (torch, transformers) say nothing about this run; -v shows them.
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".* is currently in beta")  # Dagster's BetaWarning on our own definitions
         os.environ.setdefault("RETRIEVER_FORGE_PROGRESS", "1")
+        # Per-load progress bars of transformers/huggingface_hub ("Loading weights", "Writing model
+        # shards") and their deprecation notices: a dozen lines a run; the step lines say what ran.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        try:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
+            transformers.utils.logging.set_verbosity_error()
+        except ImportError:
+            pass
     import dagster as dg
 
     from retriever_forge.orchestration.definitions import defs
