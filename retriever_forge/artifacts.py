@@ -94,6 +94,13 @@ def read_pointer(store: ArtifactStore | str | os.PathLike, asset: str, partition
     return store.read_pointer(asset, partition)
 
 
+def _complete_marker(payload_uri: str) -> str:
+    # An object store has no folder rename: a remote folder is published object by object, and
+    # this empty object beside it, written last, is what says every object of it is there.
+    head, _, name = payload_uri.rpartition("/")
+    return f"{head}/.{name}.complete"
+
+
 class ArtifactStore:
     """Write-once storage of artifacts addressed by content hash."""
 
@@ -119,14 +126,8 @@ class ArtifactStore:
 
     def exists(self, ref: ArtifactRef) -> bool:
         if ref.format == "folder" and not self.is_local:
-            return self.fs.exists(self._complete_marker(ref))
+            return self.fs.exists(_complete_marker(ref.payload_uri))
         return self.fs.exists(ref.payload_uri)
-
-    @staticmethod
-    def _complete_marker(ref: ArtifactRef) -> str:
-        # An object store has no folder rename: a remote folder is published object by object, and
-        # this empty object, written last, is what says every object of it is there.
-        return f"{ref.uri}/.{ref.payload}.complete"
 
     # ------------------------------------------------------------------ named, replaceable documents
     # The only mutable files: which artifact is the latest per (asset, partition), and the latest
@@ -214,10 +215,7 @@ class ArtifactStore:
         try:
             self.fs.makedirs(ref.uri, exist_ok=True)
             write_tmp(tmp)
-            if folder and not self.is_local:
-                self._commit_remote_folder(tmp, ref)
-            else:
-                self._commit(tmp, ref.payload_uri, folder)
+            self._commit(tmp, ref.payload_uri, folder)
         except BaseException as exc:
             self._discard(tmp, ref.uri)
             if isinstance(exc, Exception):
@@ -228,7 +226,10 @@ class ArtifactStore:
     def _commit(self, tmp: str, final: str, folder: bool) -> None:
         """Rename a complete temporary payload into place (atomic on a local disk)."""
         if not self.is_local:
-            self.fs.mv(tmp, final, recursive=folder)
+            if folder:
+                self._commit_remote_folder(tmp, final)
+            else:
+                self.fs.mv(tmp, final)
             return
         if not folder:
             os.replace(tmp, final)  # same bytes as any concurrent writer's: replacing is harmless
@@ -240,17 +241,16 @@ class ArtifactStore:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer published the same content first
 
-    def _commit_remote_folder(self, tmp: str, ref: ArtifactRef) -> None:
+    def _commit_remote_folder(self, tmp: str, final: str) -> None:
         """Copy every object of a complete temporary folder to its final key, then mark it complete.
 
         Readers go by :meth:`exists` (the marker), so a copy interrupted half way is never read as
         the artifact; the next writer of the same content copies it again. (``fs.mv`` of a folder
         fails on S3: it tries to copy the folder's own key, which an object store does not have.)
         """
-        final = ref.payload_uri
         for src in self.fs.find(tmp):
             self.fs.copy(src, final + src[len(tmp):])
-        self.fs.pipe_file(self._complete_marker(ref), b"")
+        self.fs.pipe_file(_complete_marker(final), b"")
         self.fs.rm(tmp, recursive=True)
 
     def _discard(self, tmp: str, artifact_dir: str) -> None:
