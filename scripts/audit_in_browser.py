@@ -42,16 +42,21 @@ return {
 """
 
 
-def render(html: Path, screenshot: Path | None = None, width: int = 1400) -> dict:
-    """Load ``html`` in headless chromium and return what it rendered (see :data:`RENDERED`)."""
+def chromium_driver(width: int = 1400, height: int = 1000):
+    """Headless Debian chromium through its chromedriver (selenium); also used by tests/test_ui.py."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},1000", "--disable-gpu"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}", "--disable-gpu"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"), options=options)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"), options=options)
+
+
+def render(html: Path, screenshot: Path | None = None, width: int = 1400) -> dict:
+    """Load ``html`` in headless chromium and return what it rendered (see :data:`RENDERED`)."""
+    driver = chromium_driver(width)
     try:
         driver.get(html.resolve().as_uri())
         seen = driver.execute_script(RENDERED)

@@ -92,14 +92,9 @@ def test_graphql_metadata_leads_with_results(webserver):
 
 
 def _browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from scripts.audit_in_browser import chromium_driver
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100", "--disable-gpu"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    return chromium_driver(1400, 1100)
 
 
 def _wait(driver, predicate, seconds=120):
