@@ -122,7 +122,7 @@ def _mine(corpus: pl.DataFrame, queries: pl.DataFrame, home: Path, out: Path, se
 def eval_documents(corpus: pl.DataFrame, queries: pl.DataFrame, qrels: dict, mode: str, depth: int) -> pl.DataFrame:
     if mode == "all":
         return corpus
-    from retriever_forge.evaluation import bm25_run
+    from retriever_forge.lexical import bm25_run
 
     keep = {d for run in bm25_run(corpus, queries, k=depth).values() for d in run} | {d for q in qrels.values() for d in q}
     return corpus.filter(pl.col("doc_id").is_in(sorted(keep)))
@@ -136,8 +136,9 @@ def run_row(name: str, args) -> dict:
 
     from retriever_forge.datasets import passage_text_expr
     from retriever_forge.encoding import Encoder, encode, encode_queries, load_encoder, open_sentence_transformer
-    from retriever_forge.evaluation import dense_run, score_run
+    from retriever_forge.evaluation import score_run
     from retriever_forge.numerics import bf16_is_native
+    from retriever_forge.search import dense_run
     from retriever_forge.training import TrainingConfig, configure_encoder, train_encoder
 
     row = ROWS[name]

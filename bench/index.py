@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from retriever_forge.encoding import load_encoder
     from retriever_forge.indexing import IndexParams, build_index, build_sharded_index, load_corpus_index
+    from retriever_forge.search import search_index
 
     threads = set_threads(args.threads)
     if args.threads:
@@ -92,10 +93,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         index, _ = build_index(corpus, t, params=IndexParams())
                         sizes[t] = int(faiss.serialize_index(index).size)
                     build_s[t].append(time.perf_counter() - t0)
-                    if getattr(index, "hnsw", None) is not None and index.hnsw.efSearch < k:
-                        index.hnsw.efSearch = k
                     t0 = time.perf_counter()
-                    _, ids = index.search(queries, k)
+                    _, ids = search_index(index, queries, k, chunk_size=len(queries))
                     search_s[t].append(time.perf_counter() - t0)
                     results[t] = ids
                     del index

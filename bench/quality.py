@@ -73,9 +73,11 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
 
     from retriever_forge.artifacts import ArtifactStore
     from retriever_forge.encoding import corpus_embeddings, encode
-    from retriever_forge.evaluation import bm25_run, dense_run, qrels_dict, score_run
+    from retriever_forge.evaluation import qrels_dict, score_run
     from retriever_forge.fusion import reciprocal_rank_fusion
+    from retriever_forge.lexical import bm25_run
     from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
+    from retriever_forge.search import dense_run
 
     store = ArtifactStore(str(home))
     corpus = store.read_table(store.read_pointer("corpus", partition))

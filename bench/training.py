@@ -35,11 +35,11 @@ def build_examples(doc_ids: list[str], texts: list[str], n: int, negatives: int 
     """``n`` training rows (TRAINING_EXAMPLES columns) with BM25 negatives."""
     import polars as pl
 
-    from retriever_forge.mining import BM25Index
+    from retriever_forge.lexical import BM25Index
 
     q_ids, q_texts, pos_ids = pseudo_queries(doc_ids, texts, n=n)
     text_of = dict(zip(doc_ids, texts, strict=True))
-    hits = BM25Index(doc_ids, texts)(q_texts, negatives + 8)
+    hits = [list(h) for h in BM25Index(doc_ids, texts).search(q_texts, negatives + 8)]
     neg_ids = []
     for pos, row in zip(pos_ids, hits, strict=True):
         row = [d for d in row if d != pos]

@@ -1,7 +1,8 @@
-"""Benchmarks: BM25 (bm25s), dense retrieval runs, and ``pytrec_eval`` scoring.
+"""Benchmarks: ``pytrec_eval`` scoring of runs, significance against the references, the scoreboard.
 
 Measures (``pytrec_eval`` names): ``ndcg_cut_10``, ``recall_100``, ``map``, ``recip_rank``.
-A run is ``{query_id: {doc_id: score}}``; qrels are ``{query_id: {doc_id: grade}}``.
+A run is ``{query_id: {doc_id: score}}`` (from :func:`retriever_forge.search.dense_run` and
+:func:`retriever_forge.lexical.bm25_run`); qrels are ``{query_id: {doc_id: grade}}``.
 
 Example:
     >>> from retriever_forge.evaluation import score_run
@@ -14,16 +15,12 @@ Example:
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
-from retriever_forge.datasets import passage_text
-from retriever_forge.search import exact_search, hits_to_run
+from retriever_forge.search import Run
 
 MEASURES = ("ndcg_cut_10", "recall_100", "map", "recip_rank")
 _TREC_MEASURES = {"ndcg_cut.10", "recall.100", "map", "recip_rank"}
-
-Run = dict[str, dict[str, float]]
 
 
 def qrels_dict(qrels: pl.DataFrame) -> dict[str, dict[str, int]]:
@@ -67,34 +64,6 @@ def synthetic_eval_set(queries: pl.DataFrame, judgments: pl.DataFrame, split: st
         j.filter((pl.col("pair_type") == "candidate") & (pl.col("grade") >= 2)).select("query_id", "doc_id", pl.col("grade").alias("relevance")),
     ]).unique(["query_id", "doc_id"], keep="first").cast({"relevance": pl.Int64})  # fmt: skip
     return held.select("query_id", "text"), qrels
-
-
-def bm25_run(corpus: pl.DataFrame, queries: pl.DataFrame, k: int = 100) -> Run:
-    """BM25 with ``bm25s`` (English stopwords, Snowball stemming when PyStemmer is installed)."""
-    import bm25s
-
-    try:
-        import Stemmer
-
-        stemmer = Stemmer.Stemmer("english")
-    except ImportError:
-        stemmer = None
-    docs = [passage_text(t, x) for t, x in zip(corpus["title"], corpus["text"], strict=True)]
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(docs, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
-    q_tokens = bm25s.tokenize(queries["text"].to_list(), stopwords="en", stemmer=stemmer, show_progress=False)
-    k = min(k, corpus.height)
-    idx, scores = retriever.retrieve(q_tokens, k=k, show_progress=False, n_threads=1)
-    doc_ids = corpus["doc_id"].to_list()
-    run: Run = {}
-    for qi, qid in enumerate(queries["query_id"]):
-        run[qid] = {doc_ids[int(j)]: float(s) for j, s in zip(idx[qi], scores[qi], strict=True) if s > 0}
-    return run
-
-
-def dense_run(query_embeddings: np.ndarray, corpus_embeddings: np.ndarray, query_ids: list[str], doc_ids: list[str], k: int = 100) -> Run:
-    scores, idx = exact_search(query_embeddings, corpus_embeddings, k=k)
-    return hits_to_run(scores, idx, query_ids, doc_ids)
 
 
 # Each system is compared with these references (the row's key: the reference system).

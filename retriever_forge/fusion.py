@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-Run = dict[str, dict[str, float]]
+from retriever_forge.search import Run
 
 FUSION_METHODS = ("rrf", "convex")
 

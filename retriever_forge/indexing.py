@@ -15,11 +15,12 @@ Kubernetes job each), and the shards' inverted lists are merged into one on-disk
 Example:
     >>> import numpy as np, tempfile
     >>> from pathlib import Path
-    >>> from retriever_forge.indexing import build_corpus_index, load_corpus_index, search_corpus_index
+    >>> from retriever_forge.indexing import build_corpus_index, load_corpus_index
+    >>> from retriever_forge.search import dense_run
     >>> folder = Path(tempfile.mkdtemp())
     >>> _ = build_corpus_index(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"], folder)
     >>> index = load_corpus_index(folder)
-    >>> list(search_corpus_index(index, np.eye(4, dtype=np.float32)[[1]], ["q"], k=1)["q"])
+    >>> list(dense_run(np.eye(4, dtype=np.float32)[[1]], index.index, ["q"], index.doc_ids, k=1)["q"])
     ['b']
 """
 
@@ -32,8 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from retriever_forge.search import hits_to_run
-
 INDEX_FILE = "index.faiss"
 IDS_FILE = "doc_ids.json"
 META_FILE = "meta.json"
@@ -44,6 +43,8 @@ INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 
 @dataclass
 class CorpusIndex:
+    """A loaded corpus index; search it with :func:`retriever_forge.search.dense_run` (``index``, ``doc_ids``)."""
+
     index: object  # faiss.Index
     doc_ids: list[str]
     meta: dict
@@ -158,6 +159,44 @@ def build_index(embeddings: np.ndarray, index_type: str = "auto", exact_max_docs
     if kind != "flat" and p.target_recall is not None:
         calibrate(index, embeddings, p, calibration_queries)
     return index, kind
+
+
+def build_search_index(
+    embeddings: np.ndarray,
+    index_type: str = "flat",
+    *,
+    params: IndexParams | None = None,
+    exact_max_docs: int = 200_000,
+    calibration_queries: np.ndarray | None = None,
+    use_gpu: bool | None = None,
+):
+    """An index to search in this process (mining's): :func:`build_index`'s, moved onto the GPUs
+    when faiss sees one (``auto`` then means IVF, not HNSW: faiss has no GPU HNSW).
+
+    Args:
+        embeddings: L2-normalised rows.
+        index_type: ``auto`` or one of :data:`INDEX_TYPES`.
+        params: the approximate indexes' knobs (seeded training, calibration to
+            ``params.target_recall`` of exact search).
+        exact_max_docs: ``auto`` searches exactly up to this many rows.
+        calibration_queries: real query embeddings to calibrate on (else sampled corpus rows).
+        use_gpu: ``None``: when faiss sees a GPU.
+
+    Example:
+        >>> from retriever_forge.search import search_index
+        >>> idx = build_search_index(np.eye(3, dtype=np.float32), "flat")
+        >>> search_index(idx, np.array([[0.0, 1.0, 0.0]], dtype=np.float32), 2)[1].tolist()
+        [[1, 0]]
+    """
+    import faiss
+
+    gpu = faiss.get_num_gpus() > 0 if use_gpu is None else use_gpu
+    kind = resolve_index_type(len(embeddings), index_type, exact_max_docs, gpu=gpu)
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    index, kind = build_index(embeddings, kind, exact_max_docs, params, calibration_queries=calibration_queries)
+    if gpu and kind != "hnsw":  # faiss has no GPU HNSW
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
 
 
 def calibrate(index, embeddings: np.ndarray, params: IndexParams | None = None, queries: np.ndarray | None = None) -> float:
@@ -340,24 +379,6 @@ def load_corpus_index(folder: Path) -> CorpusIndex:
     if meta.get("index_type") == "hnsw":
         index.hnsw.efSearch = meta.get("ef_search", 256)
     return CorpusIndex(index=index, doc_ids=json.loads((folder / IDS_FILE).read_text()), meta=meta)
-
-
-def search_corpus_index(
-    index: CorpusIndex, query_embeddings: np.ndarray, query_ids: list[str], k: int = 100, chunk_size: int = 4096
-) -> dict[str, dict[str, float]]:
-    """Top-``k`` doc ids per query; queries are searched ``chunk_size`` at a time."""
-    k = min(k, len(index.doc_ids))
-    hnsw = getattr(index.index, "hnsw", None)
-    if hnsw is not None and hnsw.efSearch < k:
-        hnsw.efSearch = k  # HNSW cannot return more results than its beam holds
-    n = len(query_ids)
-    scores = np.empty((n, k), dtype=np.float32)
-    idx = np.empty((n, k), dtype=np.int64)
-    for s in range(0, n, chunk_size):
-        scores[s : s + chunk_size], idx[s : s + chunk_size] = index.index.search(
-            np.ascontiguousarray(query_embeddings[s : s + chunk_size], dtype=np.float32), k
-        )
-    return hits_to_run(scores, idx, query_ids, index.doc_ids)
 
 
 def write_fusion(folder: Path, fusion: dict) -> None:

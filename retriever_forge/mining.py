@@ -33,7 +33,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -42,15 +42,14 @@ import numpy as np
 import polars as pl
 
 from retriever_forge.datasets import passage_text_expr
-from retriever_forge.indexing import INDEX_TYPES, IndexParams, build_index, resolve_index_type
+from retriever_forge.indexing import INDEX_TYPES, IndexParams, build_search_index
+from retriever_forge.lexical import BM25Index
 from retriever_forge.schemas import HARD_NEGATIVE_CANDIDATES, TRAINING_EXAMPLES, conform
+from retriever_forge.search import search_index
 
 log = logging.getLogger(__name__)
 
 IndexType = Literal["auto", "flat", "hnsw", "ivf", "ivfpq"]
-
-# A BM25 searcher: given query texts and k, the doc ids of each query's top-k, best first.
-BM25Search = Callable[[list[str], int], list[list[str]]]
 
 
 @dataclass
@@ -85,93 +84,11 @@ class MiningConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Dense search.
+# Candidate rows.
 
 
 def _as_f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def build_faiss_index(
-    embeddings: np.ndarray,
-    index_type: IndexType = "flat",
-    *,
-    params: IndexParams | None = None,
-    exact_search_max_docs: int = 200_000,
-    calibration_queries: np.ndarray | None = None,
-    use_gpu: bool | None = None,
-):
-    """An inner-product index over (L2-normalised) ``embeddings`` for mining: the corpus index's
-    own builder (:func:`retriever_forge.indexing.build_index`: seeded training, approximate
-    indexes calibrated to ``params.target_recall`` of exact search, on ``calibration_queries``
-    when given), moved onto the GPUs when faiss sees one (``auto`` then means IVF, not HNSW).
-
-    >>> idx = build_faiss_index(np.eye(3, dtype=np.float32), "flat")
-    >>> search(idx, np.array([[0.0, 1.0, 0.0]], dtype=np.float32), 2)[1].tolist()
-    [[1, 0]]
-    """
-    import faiss
-
-    gpu = faiss.get_num_gpus() > 0 if use_gpu is None else use_gpu
-    kind = resolve_index_type(len(embeddings), index_type, exact_search_max_docs, gpu=gpu)
-    index, kind = build_index(_as_f32(embeddings), kind, exact_search_max_docs, params, calibration_queries=calibration_queries)
-    if gpu and kind != "hnsw":  # faiss has no GPU HNSW
-        index = faiss.index_cpu_to_all_gpus(index)
-    return index
-
-
-def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores, row ids) per query; ids are -1 where fewer than ``k`` exist."""
-    k = max(0, min(k, index.ntotal))
-    if k == 0 or len(queries) == 0:
-        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-    hnsw = getattr(index, "hnsw", None)
-    if hnsw is not None and hnsw.efSearch < k:
-        hnsw.efSearch = k  # HNSW cannot return more results than its beam holds
-    scores, ids = index.search(_as_f32(queries), k)
-    return scores, ids
-
-
-def retrieve_candidates(
-    query_emb: np.ndarray,
-    corpus_emb: np.ndarray,
-    query_ids: Sequence[str],
-    doc_ids: Sequence[str],
-    k: int,
-    *,
-    index=None,
-    index_type: IndexType = "auto",
-    exact_search_max_docs: int = 200_000,
-    query_chunk_size: int = 4096,
-) -> pl.DataFrame:
-    """Each query's top-``k`` passages: ``query_id, doc_id, rank (1-based), score``.
-
-    >>> retrieve_candidates(np.array([[1.0, 0.0]], np.float32), np.eye(2, dtype=np.float32),
-    ...                     ["q"], ["a", "b"], k=2).rows()
-    [('q', 'a', 1, 1.0), ('q', 'b', 2, 0.0)]
-    """
-    _check_shapes(query_emb, corpus_emb, query_ids, doc_ids)
-    if index is None:
-        index = build_faiss_index(corpus_emb, index_type, exact_search_max_docs=exact_search_max_docs)
-    qids = pl.Series("query_id", list(query_ids), dtype=pl.String)
-    dids = pl.Series("doc_id", list(doc_ids), dtype=pl.String)
-    frames = []
-    for start in range(0, len(qids), query_chunk_size):
-        scores, ids = search(index, query_emb[start : start + query_chunk_size], k)
-        q_pos, d_pos, rank, score = _flatten_hits(scores, ids, start)
-        frames.append(
-            pl.DataFrame(
-                {
-                    "query_id": _gather(qids, q_pos),
-                    "doc_id": _gather(dids, d_pos),
-                    "rank": pl.Series(rank, dtype=pl.Int64),
-                    "score": pl.Series(score, dtype=pl.Float64),
-                }
-            )
-        )
-    if not frames:
-        return pl.DataFrame(schema={"query_id": pl.String, "doc_id": pl.String, "rank": pl.Int64, "score": pl.Float64})
-    return pl.concat(frames)
 
 
 def _flatten_hits(scores: np.ndarray, ids: np.ndarray, offset: int):
@@ -203,39 +120,6 @@ def _rowwise_dot(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.nd
 
 
 # --------------------------------------------------------------------------------------------
-# BM25 candidates.
-
-
-class BM25Index:
-    """A bm25s index over passages; calling it returns each query's top-k doc ids.
-
-    >>> bm = BM25Index(["a", "b"], ["binary search trees", "matrix inversion methods"])
-    >>> bm(["inverting a matrix"], 1)
-    [['b']]
-    """
-
-    def __init__(self, doc_ids: Sequence[str], texts: Sequence[str], stopwords: str = "english"):
-        import bm25s
-
-        self.doc_ids = list(doc_ids)
-        self.stopwords = stopwords
-        self.retriever = bm25s.BM25()
-        self.retriever.index(bm25s.tokenize(list(texts), stopwords=stopwords, show_progress=False), show_progress=False)
-
-    def __call__(self, query_texts: list[str], k: int) -> list[list[str]]:
-        import bm25s
-
-        k = min(k, len(self.doc_ids))
-        if not query_texts or k == 0:
-            return [[] for _ in query_texts]
-        tokens = bm25s.tokenize(list(query_texts), stopwords=self.stopwords, return_ids=False, show_progress=False)
-        tokens = [t or ["[empty]"] for t in tokens]  # bm25s rejects empty queries
-        ids, scores = self.retriever.retrieve(tokens, k=k, show_progress=False)
-        # Passages sharing no term with the query score 0: they are not BM25 candidates.
-        return [[self.doc_ids[j] for j, s in zip(row, srow, strict=True) if s > 0] for row, srow in zip(ids, scores, strict=True)]
-
-
-# --------------------------------------------------------------------------------------------
 # Hard-negative mining.
 
 
@@ -248,7 +132,7 @@ def mine_hard_negatives(
     config: MiningConfig | None = None,
     judgments: pl.DataFrame | None = None,
     guide: tuple[np.ndarray, np.ndarray] | None = None,
-    bm25: BM25Search | tuple[Sequence[str], Sequence[str]] | None = None,
+    bm25: BM25Index | tuple[Sequence[str], Sequence[str]] | None = None,
     query_texts: Sequence[str] | None = None,
     index=None,
     sink: str | Path | None = None,
@@ -262,11 +146,12 @@ def mine_hard_negatives(
         judgments: optional ``query_id, doc_id, expected_grade`` (an LLM judge's grades).
         guide: optional ``(guide_query_emb, guide_corpus_emb)`` from a second encoder, rows
             aligned like the mining embeddings; required when ``config.use_guide``.
-        bm25: for ``config.bm25_candidates`` extra lexical candidates per query: a searcher
-            (e.g. :class:`BM25Index`) used with ``query_texts``, or a ``(corpus_texts,
-            query_texts)`` pair (texts aligned with ``doc_ids`` / ``query_ids``) from which a
-            :class:`BM25Index` is built.
-        index: a prebuilt faiss index over ``corpus_emb`` (otherwise one is built).
+        bm25: for ``config.bm25_candidates`` extra lexical candidates per query: a
+            :class:`~retriever_forge.lexical.BM25Index` over the corpus (the benchmark's BM25)
+            used with ``query_texts``, or a ``(corpus_texts, query_texts)`` pair (texts aligned
+            with ``doc_ids`` / ``query_ids``) from which one is built.
+        index: a prebuilt faiss index over ``corpus_emb`` (otherwise
+            :func:`~retriever_forge.indexing.build_search_index` builds one).
         sink: a Parquet file path: each query chunk's rows are written there as soon as they
             are filtered (one row group per chunk) and a ``LazyFrame`` scanning the file is
             returned, so memory holds one chunk of candidates, not all of them (100 rows per
@@ -305,8 +190,8 @@ def mine_hard_negatives(
     guide_positive = _rowwise_dot(g_q, q_all, g_c, pos_rows) if cfg.use_guide else None
 
     if index is None and len(doc_ids):
-        index = build_faiss_index(
-            corpus_emb, cfg.index_type, params=IndexParams(seed=cfg.seed), exact_search_max_docs=cfg.exact_search_max_docs,
+        index = build_search_index(
+            corpus_emb, cfg.index_type, params=IndexParams(seed=cfg.seed), exact_max_docs=cfg.exact_search_max_docs,
             calibration_queries=query_emb,
         )  # fmt: skip
     grades = _judgment_grades(judgments)
@@ -317,7 +202,7 @@ def mine_hard_negatives(
     writer = _ParquetSink(sink) if sink is not None else None
     for start in range(0, len(qids), cfg.query_chunk_size):
         stop = min(start + cfg.query_chunk_size, len(qids))
-        scores, ids = search(index, query_emb[start:stop], cfg.rank_end)
+        scores, ids = search_index(index, query_emb[start:stop], cfg.rank_end, chunk_size=cfg.query_chunk_size)
         q_pos, d_pos, rank, score = _flatten_hits(scores, ids, start)
         source = np.zeros(len(q_pos), dtype=np.int8)  # 0 dense, 1 bm25
         if cfg.bm25_candidates:
@@ -369,10 +254,10 @@ class _ParquetSink:
         self.tmp.replace(self.path)
 
 
-def _bm25_hits(bm25: BM25Search, texts: list[str], k: int, offset: int, row_of_doc: dict[str, int]):
+def _bm25_hits(bm25: BM25Index, texts: list[str], k: int, offset: int, row_of_doc: dict[str, int]):
     q, d, r = [], [], []
-    for i, hits in enumerate(bm25(texts, k)):
-        for rank, doc in enumerate(hits[:k], start=1):
+    for i, hits in enumerate(bm25.search(texts, k)):
+        for rank, doc in enumerate(hits, start=1):
             if doc in row_of_doc:
                 q.append(offset + i)
                 d.append(row_of_doc[doc])

@@ -21,10 +21,11 @@ import polars as pl
 from retriever_forge.artifacts import ArtifactStore, read_pointer
 from retriever_forge.datasets import passage_text
 from retriever_forge.encoding import DEFAULT_ENCODER, encode, encode_queries, load_encoder
-from retriever_forge.evaluation import bm25_run, dense_run
 from retriever_forge.fusion import fuse, ranked
-from retriever_forge.indexing import load_corpus_index, read_fusion, search_corpus_index
+from retriever_forge.indexing import load_corpus_index, read_fusion
+from retriever_forge.lexical import bm25_run
 from retriever_forge.samples import snippet
+from retriever_forge.search import dense_run
 
 SYSTEMS = ("fine-tuned", "base", "bm25", "hybrid")
 SNIPPET_CHARS = 200
@@ -74,7 +75,8 @@ def search(home: str | os.PathLike, dataset: str, query: str, system: str = "fin
     if system in ("fine-tuned", "hybrid"):
         index_dir = store.local_path(refs["corpus_index"])
         tuned = load_encoder(str(store.local_path(refs["fine_tuned_encoder"])), device=device)
-        runs["fine-tuned"] = search_corpus_index(load_corpus_index(index_dir), encode_queries(tuned, [query]), ["q"], k=depth)
+        index = load_corpus_index(index_dir)
+        runs["fine-tuned"] = dense_run(encode_queries(tuned, [query]), index.index, ["q"], index.doc_ids, k=depth)
         fusion = read_fusion(index_dir)
     if system == "base":
         base = load_encoder(DEFAULT_ENCODER, device=device)

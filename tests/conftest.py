@@ -42,6 +42,16 @@ def write_beir(root: Path, corpus=TINY_CORPUS, queries=TINY_QUERIES, qrels=TINY_
     return root
 
 
+def clustered_embeddings(n: int = 3000, dim: int = 32, centers: int = 30, seed: int = 0):
+    """``n`` unit vectors in ``centers`` noisy clusters: easy for exact search, a real test of approximate indexes."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, dim))
+    x = c[rng.integers(0, centers, n)] + 0.6 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo_run(tmp_path_factory):
     """The whole graph on the demo, kept tiny (tests/test_pipeline.py's TINY_RUN), materialized once per

@@ -4,7 +4,8 @@ import polars as pl
 import pytest
 
 from retriever_forge.datasets import DatasetError, DatasetSpec, load_dataset, load_registry, passage_text
-from retriever_forge.evaluation import bm25_run, qrels_dict, score_run
+from retriever_forge.evaluation import qrels_dict, score_run
+from retriever_forge.lexical import bm25_run
 from tests.conftest import SHARED, TINY_QUERIES, write_beir
 
 

@@ -327,7 +327,7 @@ def test_gpu_path_device_selection(monkeypatch):
     encoders and training pick CUDA when torch sees one, mining moves its FAISS index there."""
     import faiss
 
-    from retriever_forge import encoding, mining
+    from retriever_forge import encoding, indexing
     from retriever_forge.numerics import autocast_device_type
 
     assert encoding.default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -336,8 +336,8 @@ def test_gpu_path_device_selection(monkeypatch):
     moved = []
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: moved.append(index) or index)
-    index = mining.build_faiss_index(np.eye(4, dtype=np.float32), "flat")
+    index = indexing.build_search_index(np.eye(4, dtype=np.float32), "flat")
     assert moved == [index] and index.ntotal == 4
     moved.clear()
-    mining.build_faiss_index(np.eye(4, dtype=np.float32), "flat", use_gpu=False)
+    indexing.build_search_index(np.eye(4, dtype=np.float32), "flat", use_gpu=False)
     assert moved == []

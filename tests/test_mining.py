@@ -10,18 +10,10 @@ import polars as pl
 import pytest
 
 from retriever_forge.datasets import passage_text, passage_text_expr
-from retriever_forge.indexing import IndexParams
-from retriever_forge.mining import (
-    BM25Index,
-    MiningConfig,
-    build_faiss_index,
-    build_training_examples,
-    mine_hard_negatives,
-    mining_summary,
-    retrieve_candidates,
-    search,
-)
+from retriever_forge.lexical import BM25Index
+from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives, mining_summary
 from retriever_forge.schemas import HARD_NEGATIVE_CANDIDATES, TRAINING_EXAMPLES, check_schema
+from tests.conftest import clustered_embeddings
 
 
 def unit(*angles_deg: float) -> np.ndarray:
@@ -186,24 +178,28 @@ def test_unknown_positive_is_an_error():
         mine(positive="nope")
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
-def test_faiss_indexes_find_exact_neighbours_on_easy_data(kind):
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(400, 16)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    index = build_faiss_index(x, kind, params=IndexParams(nprobe=64))
-    scores, ids = search(index, x[:5], 3)
-    assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
-    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
-
-
-def test_retrieve_candidates_ranks_and_k_larger_than_corpus():
-    df = retrieve_candidates(QUERY, unit(30, 0, 60), ["q"], ["x", "y", "z"], k=10)
-    assert df.rows() == [
+def test_candidate_ranks_when_rank_end_exceeds_the_corpus():
+    config = MiningConfig(rank_start=1, rank_end=10, negatives_per_query=10, **OFF)
+    df = mine_hard_negatives(QUERY, unit(30, 0, 60), ["q"], ["y"], ["x", "y", "z"], config)
+    assert df.select("query_id", "doc_id", "rank", "score").rows() == [
         ("q", "y", 1, pytest.approx(1.0)),
         ("q", "x", 2, pytest.approx(0.866, abs=1e-3)),
         ("q", "z", 3, pytest.approx(0.5)),
     ]
+
+
+def test_mining_streamed_to_parquet_equals_in_memory(tmp_path):
+    corpus = clustered_embeddings(500)
+    queries = clustered_embeddings(120, seed=3)
+    doc_ids = [f"d{i}" for i in range(len(corpus))]
+    q_ids = [f"q{i}" for i in range(len(queries))]
+    positives = [doc_ids[int(np.argmax(corpus @ q))] for q in queries]
+    cfg = MiningConfig(rank_start=2, rank_end=30, negatives_per_query=4, judge_threshold=None, query_chunk_size=50)
+    in_memory = mine_hard_negatives(queries, corpus, q_ids, positives, doc_ids, cfg)
+    streamed = mine_hard_negatives(queries, corpus, q_ids, positives, doc_ids, cfg, sink=tmp_path / "c.parquet")
+    assert isinstance(streamed, pl.LazyFrame)
+    assert streamed.collect().equals(in_memory)
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_passage_text_convention_matches_expression():

@@ -29,15 +29,15 @@ def main(stage: str, workdir: str, *args: str) -> None:
         if where == "search":  # the second chunk of queries stalls mid-search
             from retriever_forge import mining
 
-            real, calls = mining.search, []
+            real, calls = mining.search_index, []
 
-            def search(index, queries, k):
+            def search_index(index, queries, k, **kwargs):
                 calls.append(1)
                 if len(calls) == 2:
                     helpers.mark_and_stall(work)
-                return real(index, queries, k)
+                return real(index, queries, k, **kwargs)
 
-            mining.search = search
+            mining.search_index = search_index
         elif where == "write":  # the table's bytes are half written when the process dies
             from retriever_forge.artifacts import ArtifactStore
 

@@ -12,9 +12,10 @@ from pydantic import Field
 
 from retriever_forge.artifacts import ArtifactRef, ArtifactStore
 from retriever_forge.encoding import corpus_embeddings, encode_queries
-from retriever_forge.evaluation import bm25_run, dense_run, qrels_dict, query_movers, score_systems, scoreboard_markdown, synthetic_eval_set
+from retriever_forge.evaluation import qrels_dict, query_movers, score_systems, scoreboard_markdown, synthetic_eval_set
 from retriever_forge.fusion import choose_fusion, fuse
-from retriever_forge.indexing import build_corpus_index, load_corpus_index, read_fusion, search_corpus_index, write_fusion
+from retriever_forge.indexing import build_corpus_index, load_corpus_index, read_fusion, write_fusion
+from retriever_forge.lexical import bm25_run
 from retriever_forge.orchestration.assets.common import (
     CODE_VERSION,
     GPU_POOL,
@@ -29,6 +30,7 @@ from retriever_forge.orchestration.assets.common import (
 )
 from retriever_forge.orchestration.assets.training import judge_verdict
 from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
+from retriever_forge.search import dense_run
 
 
 class CorpusIndexConfig(dg.Config):
@@ -184,7 +186,7 @@ def benchmark_scores(
         with timed() as ts:
             tuned = encoder.load(str(store.local_path(fine_tuned_encoder)))
             index = load_corpus_index(index_dir)
-            runs["fine-tuned"] = search_corpus_index(index, encode_queries(tuned, query_texts), query_ids, k=values["depth"])
+            runs["fine-tuned"] = dense_run(encode_queries(tuned, query_texts), index.index, query_ids, index.doc_ids, k=values["depth"])
         seconds["fine-tuned"] = ts["seconds"]
         if "hybrid" in fusion:
             with timed() as ts:
