@@ -4,7 +4,7 @@ Kubernetes Job per asset and GPUs for the GPU assets (:mod:`retriever_forge.orch
 
 Needs the ``k8s`` extra (``pip install 'retriever-forge[k8s]'``). Configure with
 ``RETRIEVER_FORGE_IMAGE`` (the image the step pods run), ``RETRIEVER_FORGE_K8S_NAMESPACE``, and
-point the artifact store at object storage every pod can reach (``RETRIEVER_FORGE_STORE``).
+point the artifact store at object storage every pod can reach (``RETRIEVER_FORGE_HOME=s3://bucket/forge``).
 Load it with ``dagster dev -m retriever_forge.orchestration.definitions_k8s`` or a workspace entry.
 """
 
