@@ -39,8 +39,9 @@ vllm-env: .venv-vllm/.installed  ## vLLM for CPU in its own virtualenv (.venv-vl
 test-vllm: vllm-env  ## the same LLM behavioural tests, on the vllm backend (in .venv-vllm)
 	VLLM_NO_USAGE_STATS=1 .venv-vllm/bin/python -m pytest tests/llm -k vllm -p no:cacheprovider -p tests.llm.require_vllm $(PYTEST_ARGS)
 
-lint: setup
+lint: setup  ## what CI checks before the tests: lint rules and formatting
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 ui: setup  ## the Dagster UI on http://127.0.0.1:3000
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} sh -c 'mkdir -p "$$DAGSTER_HOME" && $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000'

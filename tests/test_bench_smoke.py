@@ -1,6 +1,6 @@
 """Every speed benchmark runs at a tiny size with a tiny local model and prints valid JSON lines
 with its keys, so the benchmarks cannot rot unnoticed. (The figures themselves are quoted in
-the README with the commands that produce them.)"""
+bench/README.md with the commands that produce them.)"""
 
 from __future__ import annotations
 

@@ -1,13 +1,4 @@
-"""The asset graph, per dataset partition::
-
-    dataset_source  (observed, not materialized: the data version is the files' content hash)
-      │
-    corpus ─┬─> synthetic_queries ─> relevance_judgments ─> hard_negatives ─> training_examples
-            ├─> eval_queries                                                        │
-            └─> eval_qrels                     fine_tuned_encoder <─────────────────┘
-                                                      │
-                                 corpus_index <───────┤
-                                       └──────> benchmark_scores
+"""The asset graph, per dataset partition (drawn once, at the top of ``README.md``).
 
 Assets are thin: they read upstream artifacts, call the domain modules, write a new
 content-addressed artifact with its provenance manifest, and attach metadata and checks.
