@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -39,20 +38,27 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
 
 from retriever_forge import losses
 from retriever_forge.adapters import AdapterSettings, attach_adapter, export_and_merge
 from retriever_forge.batching import TopicBatcher, no_duplicate_positives, shuffled_batches
+from retriever_forge.checkpoints import (
+    best_weights_path,
+    list_checkpoints,
+    load_checkpoint,
+    load_weights,
+    read_state,
+    save_checkpoint,
+    save_weights,
+)
 from retriever_forge.encoding import model_folder_hash, open_sentence_transformer, resolve_model_path
+from retriever_forge.grad_cache import embed_with_gradients
 from retriever_forge.hashing import hash_bytes, hash_json
 from retriever_forge.numerics import autocast_device_type, bf16_is_native
 
 log = logging.getLogger(__name__)
 
 LossName = Literal["infonce", "graded", "infonce+graded"]
-WEIGHTS_FILE = "weights.safetensors"
-STATE_FILE = "state.json"
 
 
 @dataclass
@@ -238,82 +244,9 @@ def _plan_batches(train: _Batchable, cfg: TrainingConfig, model, device: str) ->
 # Forward pass and loss.
 
 
-def _length_chunks(texts: list[str], chunk: int) -> list[list[int]]:
-    # Grouping by length makes each chunk pad only to its own longest text (titles no longer
-    # pad to the longest abstract).
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    return [order[s : s + chunk] for s in range(0, len(order), chunk)]
-
-
-def _encode_chunk(model, texts: list[str], idx: list[int], device: str) -> torch.Tensor:
-    features = model.preprocess([texts[i] for i in idx])
-    features = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in features.items()}
-    return F.normalize(model(features)["sentence_embedding"].float(), dim=-1)
-
-
-def _embed(model, texts: list[str], device: str, chunk: int = 64, grad_cache_chunk: int = 0) -> torch.Tensor:
-    """L2-normalised embeddings of ``texts`` (rows in input order) that carry gradients.
-
-    With ``grad_cache_chunk`` > 0 and more texts than that, gradient caching (Gao et al. 2021,
-    "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup") bounds memory:
-    embeddings are computed without a graph, and when the loss is back-propagated each chunk
-    is re-encoded with its recorded RNG state (same dropout) and back-propagated alone, so
-    only one chunk's activations exist at a time. Gradients equal the one-pass ones, for one
-    extra forward pass.
-    """
-    if grad_cache_chunk <= 0 or len(texts) <= grad_cache_chunk:
-        chunks = _length_chunks(texts, chunk)
-        emb = torch.cat([_encode_chunk(model, texts, idx, device) for idx in chunks])
-        return _unsort(emb, [i for idx in chunks for i in idx])
-    chunks = _length_chunks(texts, grad_cache_chunk)
-    rng_before, parts = [], []
-    with torch.no_grad():
-        for idx in chunks:
-            rng_before.append(_rng_state())
-            parts.append(_encode_chunk(model, texts, idx, device))
-    device_type = autocast_device_type(device)
-    use_amp = torch.is_autocast_enabled(device_type)
-
-    def replay(grad: torch.Tensor) -> None:
-        # Runs inside the loss's backward pass: re-encode each chunk with gradients and push
-        # its slice of the cached embedding gradient through the encoder.
-        rng_now = _rng_state()
-        offset = 0
-        for idx, state in zip(chunks, rng_before, strict=True):
-            _set_rng_state(state)
-            with torch.enable_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
-                emb = _encode_chunk(model, texts, idx, device)
-            torch.autograd.backward(emb, grad[offset : offset + len(idx)])
-            offset += len(idx)
-        _set_rng_state(rng_now)  # the RNG stream goes on as if each chunk ran once
-
-    anchor = torch.zeros((), device=parts[0].device, requires_grad=True)
-    emb = _GradCacheReplay.apply(anchor, replay, torch.cat(parts))
-    return _unsort(emb, [i for idx in chunks for i in idx])
-
-
-def _unsort(emb: torch.Tensor, order: list[int]) -> torch.Tensor:
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    return emb[inverse.to(emb.device)]
-
-
-class _GradCacheReplay(torch.autograd.Function):
-    """Identity on cached embeddings whose backward hands their gradient to ``replay``."""
-
-    @staticmethod
-    def forward(ctx, anchor, replay, emb):
-        ctx.replay = replay
-        return emb.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.replay(grad)
-        return None, None, None
-
-
-def compute_batch_loss(model, data: _Batchable, batch: list[int], cfg: TrainingConfig, device: str) -> torch.Tensor:
-    """The configured loss of one batch of example indices."""
+def compute_batch_loss(model, data: _Batchable, batch: list[int], cfg: TrainingConfig) -> torch.Tensor:
+    """The configured loss of one batch of example indices (embeddings through
+    :func:`retriever_forge.grad_cache.embed_with_gradients`)."""
     b = len(batch)
     n = max((len(data.negative_texts[i]) for i in batch), default=0)
     doc_texts = [data.positive_texts[i] for i in batch]
@@ -322,8 +255,8 @@ def compute_batch_loss(model, data: _Batchable, batch: list[int], cfg: TrainingC
         for c, text in enumerate(data.negative_texts[i]):
             doc_texts.append(text)
             slots.append((r, c))
-    q = _embed(model, [data.queries[i] for i in batch], device, grad_cache_chunk=cfg.grad_cache_chunk_size)
-    docs = _embed(model, doc_texts, device, grad_cache_chunk=cfg.grad_cache_chunk_size)
+    q = embed_with_gradients(model, [data.queries[i] for i in batch], grad_cache_chunk=cfg.grad_cache_chunk_size)
+    docs = embed_with_gradients(model, doc_texts, grad_cache_chunk=cfg.grad_cache_chunk_size)
     pos = docs[:b]
     negs = torch.zeros(b, n, docs.shape[1], device=docs.device, dtype=docs.dtype)
     neg_mask = torch.zeros(b, n, dtype=torch.bool, device=docs.device)
@@ -413,7 +346,7 @@ def dev_gain_over_base(rr: list[float], base_rr: list[float]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints.
+# The training loop.
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
@@ -426,73 +359,6 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
         skip = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or hasattr(p, "sparse_tuning_mask")
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.stack([s for s in torch.cuda.get_rng_state_all()])
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
-
-
-def _save_weights(model, path: Path) -> None:
-    from safetensors.torch import save_model
-
-    save_model(model, str(path))
-
-
-def _load_weights(model, path: Path) -> None:
-    from safetensors.torch import load_model
-
-    load_model(model, str(path), device=str(next(model.parameters()).device))
-
-
-def _checkpoints(root: Path) -> list[tuple[int, Path]]:
-    found = []
-    for p in root.glob("step-*"):
-        if p.is_dir() and p.name[5:].isdigit() and (p / STATE_FILE).exists():
-            found.append((int(p.name[5:]), p))
-    return sorted(found)
-
-
-def _save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
-    final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _save_weights(model, tmp / WEIGHTS_FILE)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)  # a checkpoint is either complete or absent
-    for _, old in _checkpoints(root)[: -max(1, keep)]:
-        shutil.rmtree(old, ignore_errors=True)
-    wanted = {f"best-step-{json.loads((p / STATE_FILE).read_text())['best_step']}.safetensors" for _, p in _checkpoints(root)}
-    wanted.add(f"best-step-{state['best_step']}.safetensors")
-    for p in root.glob("best-step-*.safetensors"):
-        if p.name not in wanted:
-            p.unlink()
-    return final
-
-
-def _load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    _load_weights(model, path / WEIGHTS_FILE)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=True, map_location="cpu"))
-    return json.loads((path / STATE_FILE).read_text())
-
-
-# --------------------------------------------------------------------------------------------
-# The training loop.
 
 
 def train_encoder(
@@ -560,7 +426,7 @@ def train_encoder(
 
     def sensitivity_loss(i: int) -> torch.Tensor:  # SPT measures sensitivity on the first batches
         with autocast:
-            return compute_batch_loss(model, train, plan[0][i % len(plan[0])], cfg, device)
+            return compute_batch_loss(model, train, plan[0][i % len(plan[0])], cfg)
 
     adapter = attach_adapter(model, cfg.adapter_settings(), sensitivity_loss)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
@@ -583,20 +449,15 @@ def train_encoder(
     resumed_from = None
     last_checkpoint: Path | None = None
     if resume and ckpt_root.exists():
-        matching = [
-            (s, p) for s, p in _checkpoints(ckpt_root) if json.loads((p / STATE_FILE).read_text()).get("fingerprint") == fingerprint
-        ]
+        matching = [(s, p) for s, p in list_checkpoints(ckpt_root) if read_state(p).get("fingerprint") == fingerprint]
         if matching:
             resumed_from, last_checkpoint = matching[-1]
-            state = _load_checkpoint(last_checkpoint, model, optimizer, scheduler)
+            state = load_checkpoint(last_checkpoint, model, optimizer, scheduler)
             log.info("resumed training from %s", last_checkpoint)
     if resumed_from is None:
         shutil.rmtree(ckpt_root, ignore_errors=True)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     seconds_before = state["seconds"]
-
-    def best_weights_path(step: int) -> Path:
-        return ckpt_root / f"best-step-{step}.safetensors"
 
     def run_eval() -> dict:
         metrics = {"step": state["step"], **evaluate_dev(model, dev)}
@@ -612,7 +473,7 @@ def train_encoder(
             state["best_metric"], state["best_step"] = score, state["step"]
             state["evals_without_improvement"] = 0
             if state["step"] > 0:  # step 0's weights are the base model's: nothing to save
-                _save_weights(model, best_weights_path(state["step"]))
+                save_weights(model, best_weights_path(ckpt_root, state["step"]))
         else:
             state["evals_without_improvement"] += 1
         log.info("dev at step %d: %s", state["step"], metrics)
@@ -621,7 +482,7 @@ def train_encoder(
     def checkpoint() -> None:
         nonlocal last_checkpoint
         state["seconds"] = seconds_before + time.monotonic() - started
-        last_checkpoint = _save_checkpoint(ckpt_root, state["step"], model, optimizer, scheduler, state, cfg.keep_checkpoints)
+        last_checkpoint = save_checkpoint(ckpt_root, state["step"], model, optimizer, scheduler, state, cfg.keep_checkpoints)
 
     if dev is not None and cfg.eval_at_start and state["step"] == 0 and not state["dev_metrics"]:
         run_eval()
@@ -642,7 +503,7 @@ def train_encoder(
         step = state["step"]
 
         with autocast:
-            loss = compute_batch_loss(model, train, batch, cfg, device)
+            loss = compute_batch_loss(model, train, batch, cfg)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise TrainingDiverged(step, loss_value, last_checkpoint)
@@ -679,7 +540,7 @@ def train_encoder(
         if state["best_step"] == 0:
             model, published_base = open_sentence_transformer(base_path, device=device), True
         else:
-            _load_weights(model, best_weights_path(state["best_step"]))
+            load_weights(model, best_weights_path(ckpt_root, state["best_step"]))
 
     model_dir = output_dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
