@@ -13,7 +13,7 @@ import torch
 from retriever_forge import training
 from retriever_forge.encoding import model_folder_hash
 from retriever_forge.schemas import TRAINING_EXAMPLES, conform
-from retriever_forge.training import TrainingConfig, TrainingDiverged, evaluate_dev, train_encoder
+from retriever_forge.training import TrainingConfig, TrainingDiverged, evaluate_dev, loss_trend, train_encoder
 
 TOPICS = {
     "sorting": "quicksort mergesort heapsort pivot partition array order",
@@ -223,8 +223,6 @@ def test_time_budget_and_max_steps_stop_training(tiny_model, tmp_path):
 
 
 def test_loss_trend_check_has_known_answers():
-    from retriever_forge.orchestration.assets.training import loss_trend
-
     assert loss_trend([1.0, 2.0, 3.0])["decreasing"]  # too few steps to judge: passes, and says so
     assert loss_trend([2.0] * 25 + [1.0] * 25)["decreasing"]
     assert not loss_trend([1.0] * 25 + [2.0] * 25)["decreasing"]
