@@ -55,7 +55,7 @@ from retriever_forge.checkpoints import (
     save_checkpoint,
     save_weights,
 )
-from retriever_forge.encoding import model_folder_hash, open_sentence_transformer, resolve_model_path
+from retriever_forge.encoding import encode_with_model, model_folder_hash, open_sentence_transformer, resolve_model_path
 from retriever_forge.grad_cache import embed_with_gradients
 from retriever_forge.hashing import hash_bytes, hash_json
 from retriever_forge.numerics import autocast_device_type, bf16_is_native
@@ -235,7 +235,7 @@ def _plan_batches(train: _Batchable, cfg: TrainingConfig, model, device: str) ->
     batcher = None
     if cfg.topic_batches and len(train) > cfg.batch_size:
         n_topics = cfg.n_topics or max(2, len(train) // (4 * cfg.batch_size))
-        emb = model.encode(train.queries, batch_size=128, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+        emb = encode_with_model(model, train.queries, batch_size=128, show_progress=False)
         batcher = TopicBatcher(emb, cfg.batch_size, n_topics, seed=cfg.seed)
     plan = []
     for epoch in range(cfg.epochs):
@@ -305,7 +305,8 @@ def evaluate_dev(model, dev: _Batchable, batch_size: int = 128) -> dict:
     """MRR@10 and recall@1/10 of each dev query's positive among all the dev passages.
 
     The pool is every dev positive and mined negative, so the task is a small retrieval
-    problem with hard distractors, not just re-ranking each query's own list.
+    problem with hard distractors, not just re-ranking each query's own list. Texts are
+    encoded as search encodes them (:func:`retriever_forge.encoding.encode_with_model`).
     """
     pool_ids: dict[str, int] = {}
     pool_texts: list[str] = []
@@ -315,12 +316,10 @@ def evaluate_dev(model, dev: _Batchable, batch_size: int = 128) -> dict:
                 pool_ids[d] = len(pool_texts)
                 pool_texts.append(t)
     was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        q = model.encode(dev.queries, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
-        p = model.encode(pool_texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
-        scores = (q.float() @ p.float().T).cpu()
+    q = torch.from_numpy(encode_with_model(model, dev.queries, batch_size=batch_size, show_progress=False))
+    p = torch.from_numpy(encode_with_model(model, pool_texts, batch_size=batch_size, show_progress=False))
     model.train(was_training)
+    scores = q @ p.T
     target = torch.tensor([pool_ids[d] for d in dev.positive_ids])
     pos_score = scores[torch.arange(len(target)), target]
     rank = (scores > pos_score[:, None]).sum(1) + 1  # ties count in the positive's favour
