@@ -416,7 +416,14 @@ def start_or_resume(ckpt_root: Path, fingerprint: str, model, optimizer, schedul
 
 def next_batch(state: LoopState, plan: list[list[list[int]]], total_steps: int) -> list[int] | None:
     """Advance ``state`` by one step and return that step's batch of ``plan``; None once
-    ``total_steps`` are done."""
+    ``total_steps`` are done.
+
+    >>> state, plan = LoopState(fingerprint="f"), [[[0, 1], [2, 3]], [[3, 0]]]
+    >>> [next_batch(state, plan, total_steps=3) for _ in range(4)]
+    [[0, 1], [2, 3], [3, 0], None]
+    >>> state.step, state.epoch, state.batch_in_epoch
+    (3, 1, 1)
+    """
     while state.step < total_steps:
         if state.batch_in_epoch < len(plan[state.epoch]):
             batch = plan[state.epoch][state.batch_in_epoch]
