@@ -230,7 +230,7 @@ def _frame_digest(df: pl.DataFrame) -> str:
     return hash_bytes(df.hash_rows(seed=0).to_numpy().tobytes() + str(df.columns).encode())
 
 
-def _plan_batches(train: _Batchable, cfg: TrainingConfig, model, device: str) -> list[list[list[int]]]:
+def _plan_batches(train: _Batchable, cfg: TrainingConfig, model) -> list[list[list[int]]]:
     """Batches for every epoch (index lists into ``train``), fixed by the seed."""
     batcher = None
     if cfg.topic_batches and len(train) > cfg.batch_size:
@@ -588,7 +588,7 @@ def train_encoder(
     fingerprint = hash_json(
         {"base": base_identity, "examples": _frame_digest(examples), "config": cfg.fingerprint_fields(), "precision": precision}
     )
-    plan = _plan_batches(train, cfg, model, device)
+    plan = _plan_batches(train, cfg, model)
     planned_steps = sum(len(p) for p in plan)
     total_steps = planned_steps if cfg.max_steps is None else min(planned_steps, cfg.max_steps)
 
