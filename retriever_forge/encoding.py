@@ -58,8 +58,7 @@ class Encoder:
 
     @property
     def dimension(self) -> int:
-        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        return int(get())
+        return _embedding_dimension(self.model)
 
     def record(self) -> dict:
         """The encoder as a provenance record (an entry of a manifest's ``models``).
@@ -68,6 +67,11 @@ class Encoder:
         {'id': 'all-MiniLM-L6-v2', 'weights_hash': 'ab12'}
         """
         return {"id": self.name, "weights_hash": self.weights_hash}
+
+
+def _embedding_dimension(model) -> int:
+    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(get())
 
 
 def model_folder_hash(path: str) -> str:
@@ -161,10 +165,17 @@ def encode(
     preallocated array or an ``np.memmap`` — so at most one batch of activations and the output
     rows exist at a time, never a list of per-text vectors plus their stacked copy.
     """
+    return encode_with_model(encoder.model, texts, batch_size=batch_size, show_progress=show_progress, out=out)
+
+
+def encode_with_model(
+    model, texts: list[str], batch_size: int = 64, show_progress: bool | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`encode` with a bare sentence-transformers model (one without an identity, such as
+    the model in training); leaves the model in eval mode."""
     import torch
 
-    model = encoder.model
-    dim = encoder.dimension
+    dim = _embedding_dimension(model)
     if out is None:
         out = np.empty((len(texts), dim), dtype=np.float32)
     if out.shape != (len(texts), dim):
@@ -175,21 +186,29 @@ def encode(
     if lengths is None:
         lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     batches = length_sorted_batches(lengths, batch_size)
-    device = model.device
     model.eval()
     from retriever_forge.progress import progress_bar
 
     progress = progress_bar(len(texts), "encode", unit="text", enabled=show_progress)  # None: as the CLI asked
     with torch.inference_mode():
         for rows in batches:
-            features = model.preprocess([texts[i] for i in rows])
-            features = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in features.items()}
-            emb = model(features)["sentence_embedding"].float()
-            emb = torch.nn.functional.normalize(emb, p=2, dim=1)
-            out[rows] = emb.cpu().numpy()
+            out[rows] = embed_batch(model, [texts[i] for i in rows]).cpu().numpy()
             progress.update(len(rows))
     progress.close()
     return out
+
+
+def embed_batch(model, texts: list[str]):
+    """L2-normalised float32 embeddings of one batch, as a tensor on the model's device.
+
+    The texts run through the model's own modules, padded to the batch's longest; gradients
+    flow when autograd is on (training), so :func:`encode` and the training loop share it.
+    """
+    import torch
+
+    features = model.preprocess(texts)
+    features = {k: (v.to(model.device) if torch.is_tensor(v) else v) for k, v in features.items()}
+    return torch.nn.functional.normalize(model(features)["sentence_embedding"].float(), p=2, dim=1)
 
 
 def query_prompt(encoder: Encoder) -> str:

@@ -10,11 +10,14 @@ list-wise loss needs per-example lists with grades and TAS needs its own batch o
   queries of a batch sharing a positive;
 * dev evaluation (MRR@10 of each dev query's positive within the pool of all dev passages)
   every ``eval_every_steps`` and at the start, keeping the best weights; early stopping;
-* checkpoints under ``output_dir/checkpoints/step-N``: weights as safetensors, optimizer,
-  scheduler and RNG state as tensor-only ``torch.save`` files (loaded with
-  ``weights_only=True``), loop state as JSON. ``resume=True`` continues from the latest one
-  and ends with the same weights as an uninterrupted run;
+* checkpoints under ``output_dir/checkpoints`` (:mod:`retriever_forge.checkpoints`) holding
+  the :class:`LoopState`; ``resume=True`` continues from the latest one and ends with the
+  same weights as an uninterrupted run;
+* gradient caching (:mod:`retriever_forge.grad_cache`) when a batch's activations do not fit;
 * a non-finite loss raises :class:`TrainingDiverged`, leaving the last good checkpoint.
+
+:func:`train_encoder` is the loop; its pieces are :func:`start_or_resume`, :func:`next_batch`,
+:func:`train_step`, :func:`evaluate_and_keep_best` and :func:`restore_best`.
 
 Example (needs a real encoder, so not a doctest)::
 
@@ -25,10 +28,10 @@ Example (needs a real encoder, so not a doctest)::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -39,20 +42,27 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
 
 from retriever_forge import losses
 from retriever_forge.adapters import AdapterSettings, attach_adapter, export_and_merge
 from retriever_forge.batching import TopicBatcher, no_duplicate_positives, shuffled_batches
-from retriever_forge.encoding import model_folder_hash, open_sentence_transformer, resolve_model_path
+from retriever_forge.checkpoints import (
+    best_weights_path,
+    list_checkpoints,
+    load_checkpoint,
+    load_weights,
+    read_state,
+    save_checkpoint,
+    save_weights,
+)
+from retriever_forge.encoding import encode_with_model, model_folder_hash, open_sentence_transformer, resolve_model_path
+from retriever_forge.grad_cache import embed_with_gradients
 from retriever_forge.hashing import hash_bytes, hash_json
 from retriever_forge.numerics import autocast_device_type, bf16_is_native
 
 log = logging.getLogger(__name__)
 
 LossName = Literal["infonce", "graded", "infonce+graded"]
-WEIGHTS_FILE = "weights.safetensors"
-STATE_FILE = "state.json"
 
 
 @dataclass
@@ -220,12 +230,12 @@ def _frame_digest(df: pl.DataFrame) -> str:
     return hash_bytes(df.hash_rows(seed=0).to_numpy().tobytes() + str(df.columns).encode())
 
 
-def _plan_batches(train: _Batchable, cfg: TrainingConfig, model, device: str) -> list[list[list[int]]]:
+def _plan_batches(train: _Batchable, cfg: TrainingConfig, model) -> list[list[list[int]]]:
     """Batches for every epoch (index lists into ``train``), fixed by the seed."""
     batcher = None
     if cfg.topic_batches and len(train) > cfg.batch_size:
         n_topics = cfg.n_topics or max(2, len(train) // (4 * cfg.batch_size))
-        emb = model.encode(train.queries, batch_size=128, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+        emb = encode_with_model(model, train.queries, batch_size=128, show_progress=False)
         batcher = TopicBatcher(emb, cfg.batch_size, n_topics, seed=cfg.seed)
     plan = []
     for epoch in range(cfg.epochs):
@@ -238,82 +248,9 @@ def _plan_batches(train: _Batchable, cfg: TrainingConfig, model, device: str) ->
 # Forward pass and loss.
 
 
-def _length_chunks(texts: list[str], chunk: int) -> list[list[int]]:
-    # Grouping by length makes each chunk pad only to its own longest text (titles no longer
-    # pad to the longest abstract).
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    return [order[s : s + chunk] for s in range(0, len(order), chunk)]
-
-
-def _encode_chunk(model, texts: list[str], idx: list[int], device: str) -> torch.Tensor:
-    features = model.preprocess([texts[i] for i in idx])
-    features = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in features.items()}
-    return F.normalize(model(features)["sentence_embedding"].float(), dim=-1)
-
-
-def _embed(model, texts: list[str], device: str, chunk: int = 64, grad_cache_chunk: int = 0) -> torch.Tensor:
-    """L2-normalised embeddings of ``texts`` (rows in input order) that carry gradients.
-
-    With ``grad_cache_chunk`` > 0 and more texts than that, gradient caching (Gao et al. 2021,
-    "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup") bounds memory:
-    embeddings are computed without a graph, and when the loss is back-propagated each chunk
-    is re-encoded with its recorded RNG state (same dropout) and back-propagated alone, so
-    only one chunk's activations exist at a time. Gradients equal the one-pass ones, for one
-    extra forward pass.
-    """
-    if grad_cache_chunk <= 0 or len(texts) <= grad_cache_chunk:
-        chunks = _length_chunks(texts, chunk)
-        emb = torch.cat([_encode_chunk(model, texts, idx, device) for idx in chunks])
-        return _unsort(emb, [i for idx in chunks for i in idx])
-    chunks = _length_chunks(texts, grad_cache_chunk)
-    rng_before, parts = [], []
-    with torch.no_grad():
-        for idx in chunks:
-            rng_before.append(_rng_state())
-            parts.append(_encode_chunk(model, texts, idx, device))
-    device_type = autocast_device_type(device)
-    use_amp = torch.is_autocast_enabled(device_type)
-
-    def replay(grad: torch.Tensor) -> None:
-        # Runs inside the loss's backward pass: re-encode each chunk with gradients and push
-        # its slice of the cached embedding gradient through the encoder.
-        rng_now = _rng_state()
-        offset = 0
-        for idx, state in zip(chunks, rng_before, strict=True):
-            _set_rng_state(state)
-            with torch.enable_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
-                emb = _encode_chunk(model, texts, idx, device)
-            torch.autograd.backward(emb, grad[offset : offset + len(idx)])
-            offset += len(idx)
-        _set_rng_state(rng_now)  # the RNG stream goes on as if each chunk ran once
-
-    anchor = torch.zeros((), device=parts[0].device, requires_grad=True)
-    emb = _GradCacheReplay.apply(anchor, replay, torch.cat(parts))
-    return _unsort(emb, [i for idx in chunks for i in idx])
-
-
-def _unsort(emb: torch.Tensor, order: list[int]) -> torch.Tensor:
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    return emb[inverse.to(emb.device)]
-
-
-class _GradCacheReplay(torch.autograd.Function):
-    """Identity on cached embeddings whose backward hands their gradient to ``replay``."""
-
-    @staticmethod
-    def forward(ctx, anchor, replay, emb):
-        ctx.replay = replay
-        return emb.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.replay(grad)
-        return None, None, None
-
-
-def compute_batch_loss(model, data: _Batchable, batch: list[int], cfg: TrainingConfig, device: str) -> torch.Tensor:
-    """The configured loss of one batch of example indices."""
+def compute_batch_loss(model, data: _Batchable, batch: list[int], cfg: TrainingConfig) -> torch.Tensor:
+    """The configured loss of one batch of example indices (embeddings through
+    :func:`retriever_forge.grad_cache.embed_with_gradients`)."""
     b = len(batch)
     n = max((len(data.negative_texts[i]) for i in batch), default=0)
     doc_texts = [data.positive_texts[i] for i in batch]
@@ -322,8 +259,8 @@ def compute_batch_loss(model, data: _Batchable, batch: list[int], cfg: TrainingC
         for c, text in enumerate(data.negative_texts[i]):
             doc_texts.append(text)
             slots.append((r, c))
-    q = _embed(model, [data.queries[i] for i in batch], device, grad_cache_chunk=cfg.grad_cache_chunk_size)
-    docs = _embed(model, doc_texts, device, grad_cache_chunk=cfg.grad_cache_chunk_size)
+    q = embed_with_gradients(model, [data.queries[i] for i in batch], grad_cache_chunk=cfg.grad_cache_chunk_size)
+    docs = embed_with_gradients(model, doc_texts, grad_cache_chunk=cfg.grad_cache_chunk_size)
     pos = docs[:b]
     negs = torch.zeros(b, n, docs.shape[1], device=docs.device, dtype=docs.dtype)
     neg_mask = torch.zeros(b, n, dtype=torch.bool, device=docs.device)
@@ -368,7 +305,8 @@ def evaluate_dev(model, dev: _Batchable, batch_size: int = 128) -> dict:
     """MRR@10 and recall@1/10 of each dev query's positive among all the dev passages.
 
     The pool is every dev positive and mined negative, so the task is a small retrieval
-    problem with hard distractors, not just re-ranking each query's own list.
+    problem with hard distractors, not just re-ranking each query's own list. Texts are
+    encoded as search encodes them (:func:`retriever_forge.encoding.encode_with_model`).
     """
     pool_ids: dict[str, int] = {}
     pool_texts: list[str] = []
@@ -378,12 +316,10 @@ def evaluate_dev(model, dev: _Batchable, batch_size: int = 128) -> dict:
                 pool_ids[d] = len(pool_texts)
                 pool_texts.append(t)
     was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        q = model.encode(dev.queries, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
-        p = model.encode(pool_texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
-        scores = (q.float() @ p.float().T).cpu()
+    q = torch.from_numpy(encode_with_model(model, dev.queries, batch_size=batch_size, show_progress=False))
+    p = torch.from_numpy(encode_with_model(model, pool_texts, batch_size=batch_size, show_progress=False))
     model.train(was_training)
+    scores = q @ p.T
     target = torch.tensor([pool_ids[d] for d in dev.positive_ids])
     pos_score = scores[torch.arange(len(target)), target]
     rank = (scores > pos_score[:, None]).sum(1) + 1  # ties count in the positive's favour
@@ -412,8 +348,166 @@ def dev_gain_over_base(rr: list[float], base_rr: list[float]) -> dict:
     return {"gain": round(gain, 6), "gain_se": round(se, 6), "gain_z": round(z, 3) if math.isfinite(z) else 1e9}
 
 
+def loss_trend(losses: list[float], min_steps: int = 50) -> dict:
+    """Mean loss of the first and last fifth of training; ``decreasing`` when the last is lower.
+
+    With fewer than ``min_steps`` steps the per-batch noise of a pre-trained encoder's small loss
+    swamps any trend, so the check passes and says so.
+
+    >>> loss_trend([2.0] * 25 + [1.0] * 25)
+    {'decreasing': True, 'steps': 50, 'first': 2.0, 'last': 1.0, 'note': None}
+    """
+    if len(losses) < min_steps:
+        return {"decreasing": True, "steps": len(losses), "first": None, "last": None, "note": f"fewer than {min_steps} steps"}
+    k = max(1, len(losses) // 5)
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    return {"decreasing": last < first, "steps": len(losses), "first": round(first, 5), "last": round(last, 5), "note": None}
+
+
 # --------------------------------------------------------------------------------------------
-# Checkpoints.
+# The training loop.
+
+
+@dataclass
+class LoopState:
+    """Where a run stands: what a checkpoint's ``state.json`` holds and a resumed run goes on from.
+
+    ``step`` counts optimiser steps so far and ``epoch``/``batch_in_epoch`` point at the next
+    batch of the plan. ``best_step`` is the step whose weights the dev evaluations prefer (0:
+    the base model's), ``best_metric`` its dev MRR@10, and ``base_rr`` the base model's
+    per-query reciprocal ranks, the reference of the publication guard. ``stop_reason`` is set
+    when the loop ends (see :attr:`TrainingResult.stop_reason`); ``seconds`` is the training
+    time up to the last checkpoint.
+    """
+
+    fingerprint: str
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # per step: step, epoch, loss, lr
+    dev_metrics: list[dict] = field(default_factory=list)  # per evaluation: step, mrr@10, ...
+    best_metric: float | None = None
+    best_step: int = 0
+    evals_without_improvement: int = 0
+    examples_seen: int = 0
+    stop_reason: str | None = None
+    seconds: float = 0.0
+    base_rr: list[float] | None = None
+
+
+def start_or_resume(ckpt_root: Path, fingerprint: str, model, optimizer, scheduler, resume: bool) -> tuple[LoopState, Path | None]:
+    """The loop state to go on from, and the checkpoint it was loaded from (None: a fresh start).
+
+    With ``resume``, the latest checkpoint under ``ckpt_root`` saved with this ``fingerprint``
+    (the same base model, examples, config and precision) is loaded into ``model``,
+    ``optimizer``, ``scheduler`` and the RNG. Otherwise, or when none matches, ``ckpt_root``
+    is emptied and training starts at step 0.
+    """
+    if resume and ckpt_root.exists():
+        matching = [path for _, path in list_checkpoints(ckpt_root) if read_state(path).get("fingerprint") == fingerprint]
+        if matching:
+            state = LoopState(**load_checkpoint(matching[-1], model, optimizer, scheduler))
+            log.info("resumed training from %s", matching[-1])
+            return state, matching[-1]
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    return LoopState(fingerprint=fingerprint), None
+
+
+def next_batch(state: LoopState, plan: list[list[list[int]]], total_steps: int) -> list[int] | None:
+    """Advance ``state`` by one step and return that step's batch of ``plan``; None once
+    ``total_steps`` are done.
+
+    >>> state, plan = LoopState(fingerprint="f"), [[[0, 1], [2, 3]], [[3, 0]]]
+    >>> [next_batch(state, plan, total_steps=3) for _ in range(4)]
+    [[0, 1], [2, 3], [3, 0], None]
+    >>> state.step, state.epoch, state.batch_in_epoch
+    (3, 1, 1)
+    """
+    while state.step < total_steps:
+        if state.batch_in_epoch < len(plan[state.epoch]):
+            batch = plan[state.epoch][state.batch_in_epoch]
+            state.step += 1
+            state.batch_in_epoch += 1
+            return batch
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    return None
+
+
+def train_step(
+    model,
+    optimizer,
+    scheduler,
+    train: _Batchable,
+    batch: list[int],
+    cfg: TrainingConfig,
+    device: str,
+    grad_sync: Callable[[torch.nn.Module], None] | None = None,
+) -> float:
+    """One optimiser step on ``batch``; returns the batch's loss.
+
+    The loss runs under bf16 autocast where bf16 is native; then backward, ``grad_sync``
+    (data-parallel gradient averaging), clipping to ``cfg.max_grad_norm``, AdamW and the
+    schedule. A non-finite loss is returned before the backward pass, with the weights,
+    optimizer and schedule untouched.
+    """
+    with _autocast(cfg, device):
+        loss = compute_batch_loss(model, train, batch, cfg)
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        return loss_value
+    loss.backward()
+    if grad_sync is not None:  # data-parallel: average gradients across processes (train_cli)
+        grad_sync(model)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_value
+
+
+def evaluate_and_keep_best(model, dev: _Batchable, state: LoopState, cfg: TrainingConfig, ckpt_root: Path) -> dict:
+    """Evaluate the current weights on ``dev`` and do the publication guard's bookkeeping.
+
+    Step 0's evaluation is the base model's, the reference of every later step's paired gain
+    (``gain``, ``gain_se``, ``gain_z``). A step becomes ``state.best_step``, its weights saved
+    beside the checkpoints, when its MRR@10 beats the best so far and its gain is more than
+    ``cfg.min_dev_gain_z`` standard errors; otherwise ``evals_without_improvement`` (early
+    stopping's count) grows. Returns the evaluation's metrics, also appended to
+    ``state.dev_metrics``.
+    """
+    metrics = {"step": state.step, **evaluate_dev(model, dev)}
+    rr = metrics.pop("per_query_rr")
+    if state.step == 0:
+        state.base_rr = rr
+    elif state.base_rr is not None:
+        metrics.update(dev_gain_over_base(rr, state.base_rr))
+    state.dev_metrics.append(metrics)
+    score = metrics["mrr@10"]
+    beyond_noise = state.step == 0 or metrics.get("gain_z") is None or metrics["gain_z"] > cfg.min_dev_gain_z
+    if (state.best_metric is None or score > state.best_metric) and beyond_noise:
+        state.best_metric, state.best_step = score, state.step
+        state.evals_without_improvement = 0
+        if state.step > 0:  # step 0's weights are the base model's: nothing to save
+            save_weights(model, best_weights_path(ckpt_root, state.step))
+    else:
+        state.evals_without_improvement += 1
+    log.info("dev at step %d: %s", state.step, metrics)
+    return metrics
+
+
+def restore_best(model, state: LoopState, ckpt_root: Path, base_path: str, device: str) -> tuple[object, bool]:
+    """The model with ``state.best_step``'s weights, and whether those are the base model's.
+
+    When the best step is the last one the model is returned as it is; when it is step 0 the
+    base model is opened afresh (without the adapter training attached).
+    """
+    if state.best_step == state.step:
+        return model, False
+    if state.best_step == 0:
+        return open_sentence_transformer(base_path, device=device), True
+    load_weights(model, best_weights_path(ckpt_root, state.best_step))
+    return model, False
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
@@ -428,71 +522,18 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.stack([s for s in torch.cuda.get_rng_state_all()])
-    return state
+def _uses_bf16(cfg: TrainingConfig, device: str) -> bool:
+    return cfg.bf16 and bf16_is_native(device)
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
+def _autocast(cfg: TrainingConfig, device: str) -> torch.autocast:
+    return torch.autocast(device_type=autocast_device_type(device), dtype=torch.bfloat16, enabled=_uses_bf16(cfg, device))
 
 
-def _save_weights(model, path: Path) -> None:
-    from safetensors.torch import save_model
-
-    save_model(model, str(path))
-
-
-def _load_weights(model, path: Path) -> None:
-    from safetensors.torch import load_model
-
-    load_model(model, str(path), device=str(next(model.parameters()).device))
-
-
-def _checkpoints(root: Path) -> list[tuple[int, Path]]:
-    found = []
-    for p in root.glob("step-*"):
-        if p.is_dir() and p.name[5:].isdigit() and (p / STATE_FILE).exists():
-            found.append((int(p.name[5:]), p))
-    return sorted(found)
-
-
-def _save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
-    final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _save_weights(model, tmp / WEIGHTS_FILE)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)  # a checkpoint is either complete or absent
-    for _, old in _checkpoints(root)[: -max(1, keep)]:
-        shutil.rmtree(old, ignore_errors=True)
-    wanted = {f"best-step-{json.loads((p / STATE_FILE).read_text())['best_step']}.safetensors" for _, p in _checkpoints(root)}
-    wanted.add(f"best-step-{state['best_step']}.safetensors")
-    for p in root.glob("best-step-*.safetensors"):
-        if p.name not in wanted:
-            p.unlink()
-    return final
-
-
-def _load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    _load_weights(model, path / WEIGHTS_FILE)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=True, map_location="cpu"))
-    return json.loads((path / STATE_FILE).read_text())
-
-
-# --------------------------------------------------------------------------------------------
-# The training loop.
+def _sensitivity_loss(model, train: _Batchable, plan: list[list[list[int]]], cfg: TrainingConfig, device: str, i: int) -> torch.Tensor:
+    """The loss of the i-th batch of the first epoch (SPT measures sensitivity on it)."""
+    with _autocast(cfg, device):
+        return compute_batch_loss(model, train, plan[0][i % len(plan[0])], cfg)
 
 
 def train_encoder(
@@ -522,10 +563,11 @@ def train_encoder(
     output_dir = Path(output_dir)
     ckpt_root = output_dir / "checkpoints"
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    use_bf16 = cfg.bf16 and bf16_is_native(device)
+    precision = "bfloat16-autocast" if _uses_bf16(cfg, device) else "float32"
 
     torch.manual_seed(cfg.seed)
     base_path = resolve_model_path(base_model)
+    base_identity = model_folder_hash(base_path) if Path(base_path).exists() else base_path
     model = open_sentence_transformer(base_path, device=device)
     # Training truncates to cfg.max_seq_length (activation memory grows with length^2); the saved
     # model keeps the base model's own length, so search encodes whole passages as before.
@@ -544,144 +586,80 @@ def train_encoder(
             part.queries = [query_prefix + q for q in part.queries]
 
     fingerprint = hash_json(
-        {
-            "base": model_folder_hash(base_path) if Path(base_path).exists() else base_path,
-            "examples": _frame_digest(examples),
-            "config": cfg.fingerprint_fields(),
-            "precision": "bfloat16-autocast" if use_bf16 else "float32",
-        }
+        {"base": base_identity, "examples": _frame_digest(examples), "config": cfg.fingerprint_fields(), "precision": precision}
     )
-    plan = _plan_batches(train, cfg, model, device)
-    total_steps = sum(len(p) for p in plan)
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    plan = _plan_batches(train, cfg, model)
+    planned_steps = sum(len(p) for p in plan)
+    total_steps = planned_steps if cfg.max_steps is None else min(planned_steps, cfg.max_steps)
 
-    autocast = torch.autocast(device_type=autocast_device_type(device), dtype=torch.bfloat16, enabled=use_bf16)
-
-    def sensitivity_loss(i: int) -> torch.Tensor:  # SPT measures sensitivity on the first batches
-        with autocast:
-            return compute_batch_loss(model, train, plan[0][i % len(plan[0])], cfg, device)
-
-    adapter = attach_adapter(model, cfg.adapter_settings(), sensitivity_loss)
+    adapter = attach_adapter(model, cfg.adapter_settings(), functools.partial(_sensitivity_loss, model, train, plan, cfg, device))
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), max(1, total_steps))
 
-    state = {
-        "fingerprint": fingerprint,
-        "step": 0,
-        "epoch": 0,
-        "batch_in_epoch": 0,
-        "history": [],
-        "dev_metrics": [],
-        "best_metric": None,
-        "best_step": 0,
-        "evals_without_improvement": 0,
-        "examples_seen": 0,
-        "stop_reason": None,
-        "seconds": 0.0,
-    }
-    resumed_from = None
-    last_checkpoint: Path | None = None
-    if resume and ckpt_root.exists():
-        matching = [
-            (s, p) for s, p in _checkpoints(ckpt_root) if json.loads((p / STATE_FILE).read_text()).get("fingerprint") == fingerprint
-        ]
-        if matching:
-            resumed_from, last_checkpoint = matching[-1]
-            state = _load_checkpoint(last_checkpoint, model, optimizer, scheduler)
-            log.info("resumed training from %s", last_checkpoint)
-    if resumed_from is None:
-        shutil.rmtree(ckpt_root, ignore_errors=True)
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    seconds_before = state["seconds"]
-
-    def best_weights_path(step: int) -> Path:
-        return ckpt_root / f"best-step-{step}.safetensors"
-
-    def run_eval() -> dict:
-        metrics = {"step": state["step"], **evaluate_dev(model, dev)}
-        rr = metrics.pop("per_query_rr")
-        if state["step"] == 0:
-            state["base_rr"] = rr
-        elif state.get("base_rr") is not None:
-            metrics.update(dev_gain_over_base(rr, state["base_rr"]))
-        state["dev_metrics"].append(metrics)
-        score = metrics["mrr@10"]
-        beyond_noise = state["step"] == 0 or metrics.get("gain_z") is None or metrics["gain_z"] > cfg.min_dev_gain_z
-        if (state["best_metric"] is None or score > state["best_metric"]) and beyond_noise:
-            state["best_metric"], state["best_step"] = score, state["step"]
-            state["evals_without_improvement"] = 0
-            if state["step"] > 0:  # step 0's weights are the base model's: nothing to save
-                _save_weights(model, best_weights_path(state["step"]))
-        else:
-            state["evals_without_improvement"] += 1
-        log.info("dev at step %d: %s", state["step"], metrics)
-        return metrics
-
-    def checkpoint() -> None:
-        nonlocal last_checkpoint
-        state["seconds"] = seconds_before + time.monotonic() - started
-        last_checkpoint = _save_checkpoint(ckpt_root, state["step"], model, optimizer, scheduler, state, cfg.keep_checkpoints)
-
-    if dev is not None and cfg.eval_at_start and state["step"] == 0 and not state["dev_metrics"]:
-        run_eval()
+    state, last_checkpoint = start_or_resume(ckpt_root, fingerprint, model, optimizer, scheduler, resume)
+    resumed_from = state.step if last_checkpoint is not None else None
+    seconds_before = state.seconds
+    if dev is not None and cfg.eval_at_start and state.step == 0 and not state.dev_metrics:
+        evaluate_and_keep_best(model, dev, state, cfg, ckpt_root)
 
     model.train()
-    steps_per_epoch = [len(p) for p in plan]
-    while state["stop_reason"] is None:
-        if state["step"] >= total_steps:
-            state["stop_reason"] = "max_steps" if cfg.max_steps is not None and total_steps < sum(steps_per_epoch) else "completed"
+    while state.stop_reason is None:
+        batch = next_batch(state, plan, total_steps)
+        if batch is None:
+            state.stop_reason = "max_steps" if total_steps < planned_steps else "completed"
             break
-        epoch, k = state["epoch"], state["batch_in_epoch"]
-        if k >= steps_per_epoch[epoch]:
-            state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-            continue
-        batch = plan[epoch][k]
-        state["step"] += 1
-        state["batch_in_epoch"] = k + 1
-        step = state["step"]
+        step, epoch = state.step, state.epoch
+        loss = train_step(model, optimizer, scheduler, train, batch, cfg, device, grad_sync)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(step, loss, last_checkpoint)
+        record = {"step": step, "epoch": epoch, "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0]}
+        state.history.append(record)
+        state.examples_seen += len(batch)
 
-        with autocast:
-            loss = compute_batch_loss(model, train, batch, cfg, device)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(step, loss_value, last_checkpoint)
-        loss.backward()
-        if grad_sync is not None:  # data-parallel: average gradients across processes (train_cli)
-            grad_sync(model)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        record = {"step": step, "epoch": epoch, "loss": round(loss_value, 6), "lr": lr}
-        state["history"].append(record)
-        state["examples_seen"] += len(batch)
-
-        end_of_epoch = state["batch_in_epoch"] == steps_per_epoch[epoch]
+        end_of_epoch = state.batch_in_epoch == len(plan[epoch])
         last_step = step == total_steps
         event = {**record, "total_steps": total_steps}
-        elapsed = seconds_before + time.monotonic() - started
-        if cfg.time_budget_s is not None and elapsed > cfg.time_budget_s and not last_step:
-            state["stop_reason"] = "time_budget"
-        if dev is not None and (_due(step, cfg.eval_every_steps, end_of_epoch) or last_step or state["stop_reason"]):
-            event["dev"] = run_eval()
+        if cfg.time_budget_s is not None and seconds_before + time.monotonic() - started > cfg.time_budget_s and not last_step:
+            state.stop_reason = "time_budget"
+        if dev is not None and (_due(step, cfg.eval_every_steps, end_of_epoch) or last_step or state.stop_reason):
+            event["dev"] = evaluate_and_keep_best(model, dev, state, cfg, ckpt_root)
             patience = cfg.early_stopping_patience
-            if patience and state["evals_without_improvement"] >= patience and state["stop_reason"] is None:
-                state["stop_reason"] = "early_stopping"
-        if _due(step, cfg.checkpoint_every_steps, end_of_epoch) or last_step or state["stop_reason"]:
-            checkpoint()
+            if patience and state.evals_without_improvement >= patience and state.stop_reason is None:
+                state.stop_reason = "early_stopping"
+        if _due(step, cfg.checkpoint_every_steps, end_of_epoch) or last_step or state.stop_reason:
+            state.seconds = seconds_before + time.monotonic() - started
+            last_checkpoint = save_checkpoint(ckpt_root, step, model, optimizer, scheduler, asdict(state), cfg.keep_checkpoints)
         if progress is not None:
             progress(event)
 
-    published_base = False
-    if dev is not None and state["best_step"] != state["step"]:
-        if state["best_step"] == 0:
-            model, published_base = open_sentence_transformer(base_path, device=device), True
-        else:
-            _load_weights(model, best_weights_path(state["best_step"]))
-
+    model, published_base = restore_best(model, state, ckpt_root, base_path, device) if dev is not None else (model, False)
     model_dir = output_dir / "model"
+    adapter_summary = _save_model(model, adapter, output_dir, model_dir, base_identity, published_base, serving_max_length)
+    result = TrainingResult(
+        model_dir=model_dir,
+        weights_hash=model_folder_hash(model_dir),
+        history=state.history,
+        dev_metrics=state.dev_metrics,
+        best_step=state.best_step,
+        stopped_early=state.stop_reason in ("early_stopping", "time_budget"),
+        device=device,
+        precision=precision,
+        examples_seen=state.examples_seen,
+        seconds=round(seconds_before + time.monotonic() - started, 3),
+        stop_reason=state.stop_reason,
+        resumed_from_step=resumed_from,
+        trainable_parameters=adapter.trainable_parameters,
+        adapter=adapter_summary,
+    )
+    (output_dir / "training_result.json").write_text(json.dumps(result.to_json(), indent=1))
+    return result
+
+
+def _save_model(
+    model, adapter, output_dir: Path, model_dir: Path, base_identity: str, published_base: bool, serving_max_length: int
+) -> dict | None:
+    """Save the published model to ``model_dir`` (an adapter merged in, and exported beside it
+    under ``adapter/``); returns the adapter's summary (None: full fine-tuning)."""
     shutil.rmtree(model_dir, ignore_errors=True)
     adapter_summary = None
     adapter_export = output_dir / "adapter"
@@ -691,31 +669,13 @@ def train_encoder(
         if published_base:
             adapter_summary["published"] = "no step beat the base model on the dev queries: base weights published"
         else:  # the adapter beside the merged model, with the base model's identity
-            base_hash = model_folder_hash(base_path) if Path(base_path).exists() else base_path
-            adapter_summary = export_and_merge(model, adapter, adapter_export, base_hash)
+            adapter_summary = export_and_merge(model, adapter, adapter_export, base_identity)
     _reset_tokenizer_runtime_state(model)
     model.max_seq_length = serving_max_length
     model.save(str(model_dir), safe_serialization=True)
     if adapter_export.exists():
         shutil.copytree(adapter_export, model_dir / "adapter")
-    result = TrainingResult(
-        model_dir=model_dir,
-        weights_hash=model_folder_hash(model_dir),
-        history=state["history"],
-        dev_metrics=state["dev_metrics"],
-        best_step=state["best_step"],
-        stopped_early=state["stop_reason"] in ("early_stopping", "time_budget"),
-        device=device,
-        precision="bfloat16-autocast" if use_bf16 else "float32",
-        examples_seen=state["examples_seen"],
-        seconds=round(seconds_before + time.monotonic() - started, 3),
-        stop_reason=state["stop_reason"],
-        resumed_from_step=resumed_from,
-        trainable_parameters=adapter.trainable_parameters,
-        adapter=adapter_summary,
-    )
-    (output_dir / "training_result.json").write_text(json.dumps(result.to_json(), indent=1))
-    return result
+    return adapter_summary
 
 
 def configure_encoder(model, cfg: TrainingConfig) -> str:

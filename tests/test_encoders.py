@@ -341,3 +341,16 @@ def test_gpu_path_device_selection(monkeypatch):
     moved.clear()
     indexing.build_search_index(np.eye(4, dtype=np.float32), "flat", use_gpu=False)
     assert moved == []
+
+
+def test_encode_with_model_and_embed_batch_give_encodes_rows(tiny):
+    from retriever_forge.encoding import embed_batch, encode_with_model
+
+    texts = ["the shortest path in a graph", "hash", "a sorting algorithm returns a sorted list of numbers", "matrix"]
+    model = open_sentence_transformer(tiny, device="cpu")
+    bare = encode_with_model(model, texts, batch_size=2, show_progress=False)
+    assert np.array_equal(bare, encode(Encoder(model=model, name="tiny", path=tiny, weights_hash="h"), texts, batch_size=2))
+    assert bare.shape == (4, 32) and np.allclose(np.linalg.norm(bare, axis=1), 1.0, atol=1e-5)
+    with torch.inference_mode():
+        one = embed_batch(model, texts[1:2]).numpy()
+    np.testing.assert_allclose(one[0], bare[1], atol=1e-6)

@@ -13,7 +13,7 @@ import torch
 from retriever_forge import training
 from retriever_forge.encoding import model_folder_hash
 from retriever_forge.schemas import TRAINING_EXAMPLES, conform
-from retriever_forge.training import TrainingConfig, TrainingDiverged, evaluate_dev, train_encoder
+from retriever_forge.training import TrainingConfig, TrainingDiverged, evaluate_dev, loss_trend, train_encoder
 
 TOPICS = {
     "sorting": "quicksort mergesort heapsort pivot partition array order",
@@ -223,47 +223,9 @@ def test_time_budget_and_max_steps_stop_training(tiny_model, tmp_path):
 
 
 def test_loss_trend_check_has_known_answers():
-    from retriever_forge.orchestration.assets.training import loss_trend
-
     assert loss_trend([1.0, 2.0, 3.0])["decreasing"]  # too few steps to judge: passes, and says so
     assert loss_trend([2.0] * 25 + [1.0] * 25)["decreasing"]
     assert not loss_trend([1.0] * 25 + [2.0] * 25)["decreasing"]
-
-
-def test_grad_cache_gives_the_one_pass_gradients(tiny_model):
-    from sentence_transformers import SentenceTransformer
-
-    from retriever_forge.training import _Batchable, compute_batch_loss
-
-    data = _Batchable.from_frame(_examples(2, 0), 7)
-    batch = list(range(8))
-
-    def grads(grad_cache: int, chunk_rng_like: int | None = None) -> tuple[float, dict, torch.Tensor]:
-        model = SentenceTransformer(tiny_model, device="cpu")
-        model.train()  # dropout on: the replay must reproduce each chunk's dropout mask
-        torch.manual_seed(123)
-        cfg = TrainingConfig(grad_cache_chunk_size=grad_cache, **FAST)
-        if chunk_rng_like:  # one pass, but in the same chunks (so the same dropout draws)
-            import retriever_forge.training as tr
-
-            original = tr._length_chunks
-            tr._length_chunks = lambda texts, chunk: original(texts, chunk_rng_like)
-            try:
-                loss = compute_batch_loss(model, data, batch, cfg, "cpu")
-            finally:
-                tr._length_chunks = original
-        else:
-            loss = compute_batch_loss(model, data, batch, cfg, "cpu")
-        loss.backward()
-        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, torch.get_rng_state()
-
-    one_loss, one_grads, one_rng = grads(0, chunk_rng_like=5)
-    gc_loss, gc_grads, gc_rng = grads(5)
-    assert gc_loss == pytest.approx(one_loss, abs=1e-6)
-    assert one_grads.keys() == gc_grads.keys() and len(one_grads) > 10
-    for name, g in one_grads.items():
-        torch.testing.assert_close(gc_grads[name], g, atol=1e-6, rtol=1e-4, msg=name)
-    assert torch.equal(one_rng, gc_rng)  # the RNG stream continues as after one pass
 
 
 def test_grad_cache_training_run(tiny_model, tmp_path):
@@ -288,3 +250,82 @@ def test_dev_gain_over_base_has_known_answers():
     same_gain = training.dev_gain_over_base([1.0, 1.0], [0.5, 0.5])
     assert same_gain["gain"] == 0.5 and same_gain["gain_se"] == 0.0 and same_gain["gain_z"] > 1e6
     assert training.dev_gain_over_base([0.0, 0.5], [0.5, 0.5])["gain"] == -0.25
+
+
+def _parts(tiny_model, lr: float = 3e-3):
+    from sentence_transformers import SentenceTransformer
+    from transformers import get_linear_schedule_with_warmup
+
+    model = SentenceTransformer(tiny_model, device="cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    return model, optimizer, get_linear_schedule_with_warmup(optimizer, 0, 10)
+
+
+def test_start_or_resume_loads_only_a_checkpoint_with_the_same_fingerprint(tiny_model, tmp_path):
+    from retriever_forge.checkpoints import save_checkpoint
+
+    model, optimizer, scheduler = _parts(tiny_model)
+    saved = dataclasses.asdict(training.LoopState(fingerprint="f1", step=3, best_step=2, history=[{"step": 1}]))
+    save_checkpoint(tmp_path, 3, model, optimizer, scheduler, saved, keep=2)
+    state, path = training.start_or_resume(tmp_path, "f1", *_parts(tiny_model), resume=True)
+    assert path == tmp_path / "step-3" and dataclasses.asdict(state) == saved
+    state, path = training.start_or_resume(tmp_path, "f1", *_parts(tiny_model), resume=False)
+    assert path is None and state == training.LoopState(fingerprint="f1") and list(tmp_path.iterdir()) == []
+    save_checkpoint(tmp_path, 3, model, optimizer, scheduler, saved, keep=2)
+    state, path = training.start_or_resume(tmp_path, "other", *_parts(tiny_model), resume=True)
+    assert path is None and state.step == 0 and not (tmp_path / "step-3").exists()
+
+
+def test_train_step_updates_the_weights_and_a_non_finite_loss_touches_nothing(tiny_model, monkeypatch):
+    data = training._Batchable.from_frame(_examples(2, 0), 2)
+    cfg = TrainingConfig(**FAST)
+    model, optimizer, scheduler = _parts(tiny_model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss = training.train_step(model, optimizer, scheduler, data, list(range(8)), cfg, "cpu")
+    assert math.isfinite(loss) and loss > 0 and scheduler.last_epoch == 1
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters())  # zeroed for the next step
+
+    real = training.compute_batch_loss
+    monkeypatch.setattr(training, "compute_batch_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    after_one = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert math.isnan(training.train_step(model, optimizer, scheduler, data, list(range(8)), cfg, "cpu"))
+    assert scheduler.last_epoch == 1 and all(torch.equal(after_one[n], p) for n, p in model.named_parameters())
+
+
+def test_evaluate_and_keep_best_applies_the_publication_guard(tiny_model, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    dev = training._Batchable.from_frame(_examples(6, 1).filter(pl.col("split") == "dev"), 3)
+    model = SentenceTransformer(tiny_model, device="cpu")
+    cfg = TrainingConfig(min_dev_gain_z=1e12, **FAST)
+    state = training.LoopState(fingerprint="f")
+    base = training.evaluate_and_keep_best(model, dev, state, cfg, tmp_path)
+    assert state.base_rr is not None and len(state.base_rr) == len(dev) and state.best_step == 0 and "gain" not in base
+    # A later step with a higher MRR@10 and a positive gain over a base that found nothing...
+    state.step, state.best_metric, state.base_rr = 4, 0.0, [0.0] * len(dev)
+    metrics = training.evaluate_and_keep_best(model, dev, state, cfg, tmp_path)
+    assert metrics["gain"] > 0 and metrics["mrr@10"] > 0 and state.dev_metrics == [base, metrics]
+    # ...is not published while its gain is within the (impossible) bar, and is with a bar of 0.
+    assert state.best_step == 0 and state.evals_without_improvement == 1 and list(tmp_path.iterdir()) == []
+    state.step = 5
+    training.evaluate_and_keep_best(model, dev, state, dataclasses.replace(cfg, min_dev_gain_z=0.0), tmp_path)
+    assert state.best_step == 5 and state.evals_without_improvement == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["best-step-5.safetensors"]
+
+
+def test_restore_best_brings_back_the_best_steps_weights(tiny_model, tmp_path):
+    from retriever_forge.checkpoints import best_weights_path, save_weights
+
+    model, optimizer, scheduler = _parts(tiny_model)
+    best = {n: p.detach().clone() for n, p in model.named_parameters()}
+    save_weights(model, best_weights_path(tmp_path, 2))
+    for p in model.parameters():
+        p.data.add_(1.0)
+    state = training.LoopState(fingerprint="f", step=6, best_step=2)
+    restored, is_base = training.restore_best(model, state, tmp_path, tiny_model, "cpu")
+    assert restored is model and not is_base
+    assert all(torch.equal(best[n], p) for n, p in restored.named_parameters())
+    base, is_base = training.restore_best(model, dataclasses.replace(state, best_step=0), tmp_path, tiny_model, "cpu")
+    assert is_base and base is not model and all(torch.equal(best[n], p) for n, p in base.named_parameters())
+    assert training.restore_best(model, dataclasses.replace(state, best_step=6), tmp_path, tiny_model, "cpu") == (model, False)

@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _last_checkpoint_digest(out: Path) -> str | None:
+    from retriever_forge.checkpoints import WEIGHTS_FILE, list_checkpoints
     from retriever_forge.hashing import hash_file
-    from retriever_forge.training import WEIGHTS_FILE, _checkpoints
 
-    found = _checkpoints(out / "checkpoints") if (out / "checkpoints").exists() else []
+    found = list_checkpoints(out / "checkpoints") if (out / "checkpoints").exists() else []
     return hash_file(found[-1][1] / WEIGHTS_FILE) if found else None
 
 

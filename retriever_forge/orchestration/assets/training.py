@@ -30,7 +30,7 @@ from retriever_forge.orchestration.assets.common import (
     timed,
 )
 from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
-from retriever_forge.training import TrainingConfig, train_encoder
+from retriever_forge.training import TrainingConfig, loss_trend, train_encoder
 
 _MINING_DEFAULTS = MiningConfig()
 _TRAINING_DEFAULTS = TrainingConfig()
@@ -351,16 +351,3 @@ def training_curve_markdown(history: list[dict], dev_metrics: list[dict], best_s
                      title=f"training loss and dev metric (published step: {best_step})", xlabel="step", ylabel="loss",
                      secondary=secondary)  # fmt: skip
     return markdown_image(png, "training loss and dev metric per step")
-
-
-def loss_trend(losses: list[float], min_steps: int = 50) -> dict:
-    """Mean loss of the first and last fifth of training; ``decreasing`` when the last is lower.
-
-    With fewer than ``min_steps`` steps the per-batch noise of a pre-trained encoder's small loss
-    swamps any trend, so the check passes and says so.
-    """
-    if len(losses) < min_steps:
-        return {"decreasing": True, "steps": len(losses), "first": None, "last": None, "note": f"fewer than {min_steps} steps"}
-    k = max(1, len(losses) // 5)
-    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-    return {"decreasing": last < first, "steps": len(losses), "first": round(first, 5), "last": round(last, 5), "note": None}
