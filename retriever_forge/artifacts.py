@@ -14,7 +14,7 @@ place and renamed into place only when complete (an atomic rename on a local dis
 fails — a full disk, an I/O error — removes its temporary files and leaves every stored artifact
 as it was; a process killed mid-write leaves at most a hidden ``.*.tmp`` entry that no reader
 sees (:meth:`ArtifactStore.partial_writes` lists them, :meth:`ArtifactStore.sweep_partial_writes`
-removes old ones) and the next write of the same content publishes it afresh. The root is a
+removes old ones) and the next write of the same content stores it afresh. The root is a
 local folder by default or any fsspec URL (``s3://bucket/prefix``) when ``s3fs``/``gcsfs`` is
 installed; remote artifacts are fetched to a local cache folder before models and indexes are
 loaded.
@@ -85,7 +85,7 @@ class ArtifactRef:
 
 
 def read_pointer(store: ArtifactStore | str | os.PathLike, asset: str, partition: str) -> ArtifactRef:
-    """The :class:`ArtifactRef` that ``asset``'s latest materialization for ``partition`` published.
+    """The :class:`ArtifactRef` that ``asset``'s latest materialization for ``partition`` stored.
 
     ``store`` is an :class:`ArtifactStore` or its root (a folder or an fsspec URL); the pointer is
     read from the same filesystem as the artifacts (see :meth:`ArtifactStore.pointer_path`).
@@ -95,7 +95,7 @@ def read_pointer(store: ArtifactStore | str | os.PathLike, asset: str, partition
 
 
 def _complete_marker(payload_uri: str) -> str:
-    # An object store has no folder rename: a remote folder is published object by object, and
+    # An object store has no folder rename: a remote folder is committed object by object, and
     # this empty object beside it, written last, is what says every object of it is there.
     head, _, name = payload_uri.rpartition("/")
     return f"{head}/.{name}.complete"
@@ -202,7 +202,7 @@ class ArtifactStore:
 
     # ------------------------------------------------------------------ writing
 
-    def _publish(self, ref: ArtifactRef, write_tmp) -> ArtifactRef:
+    def _write_once(self, ref: ArtifactRef, write_tmp) -> ArtifactRef:
         """Write the payload with ``write_tmp(tmp_path)`` and rename it into place, all or nothing.
 
         On any failure (``ENOSPC`` included) the temporary payload is removed, an artifact folder
@@ -219,7 +219,7 @@ class ArtifactStore:
         except BaseException as exc:
             self._discard(tmp, ref.uri)
             if isinstance(exc, Exception):
-                exc.add_note(f"while writing artifact {ref.kind}/{ref.hash}: nothing was published, stored artifacts are unchanged")
+                exc.add_note(f"while writing artifact {ref.kind}/{ref.hash}: nothing was stored, stored artifacts are unchanged")
             raise
         return ref
 
@@ -239,7 +239,7 @@ class ArtifactStore:
         except OSError as exc:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not os.path.isdir(final):
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer published the same content first
+            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer committed the same content first
 
     def _commit_remote_folder(self, tmp: str, final: str) -> None:
         """Copy every object of a complete temporary folder to its final key, then mark it complete.
@@ -262,22 +262,22 @@ class ArtifactStore:
         except OSError as exc:  # cleanup is best effort: the temporary name is invisible to readers anyway
             log.warning("could not remove the partial write %s: %s", tmp, exc)
 
-    def _publish_bytes(self, data: bytes, kind: str, payload: str, fmt: str) -> ArtifactRef:
+    def _put_bytes(self, data: bytes, kind: str, payload: str, fmt: str) -> ArtifactRef:
         def write(tmp: str) -> None:
             with self.fs.open(tmp, "wb") as f:
                 f.write(data)
 
-        return self._publish(self._ref(kind, hash_bytes(data), payload, fmt), write)
+        return self._write_once(self._ref(kind, hash_bytes(data), payload, fmt), write)
 
     def put_table(self, df: pl.DataFrame, kind: str) -> ArtifactRef:
         """Store a table as Parquet; its hash is the hash of the Parquet bytes (deterministic)."""
         buf = io.BytesIO()
         df.write_parquet(buf, compression="zstd", statistics=False)
-        return self._publish_bytes(buf.getvalue(), kind, TABLE_FILE, "parquet")
+        return self._put_bytes(buf.getvalue(), kind, TABLE_FILE, "parquet")
 
     def put_json(self, obj, kind: str) -> ArtifactRef:
         data = json.dumps(obj, sort_keys=True, indent=1, default=str).encode()
-        return self._publish_bytes(data, kind, JSON_FILE, "json")
+        return self._put_bytes(data, kind, JSON_FILE, "json")
 
     def put_folder(self, folder: str | os.PathLike, kind: str, payload: str = "model") -> ArtifactRef:
         """Store a folder (a model); its hash covers every file's relative path and bytes."""
@@ -289,7 +289,7 @@ class ArtifactStore:
             else:
                 self.fs.put(str(folder), tmp, recursive=True)
 
-        return self._publish(self._ref(kind, hash_tree(folder), payload, "folder"), write)
+        return self._write_once(self._ref(kind, hash_tree(folder), payload, "folder"), write)
 
     def write_manifest(self, ref: ArtifactRef, manifest: dict) -> bool:
         """Write the artifact's provenance once; returns False if one was already recorded.

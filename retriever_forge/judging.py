@@ -13,7 +13,7 @@ pick, so the mining step can drop the false negatives among them.
 
 The judge checks itself first (:func:`judge_check`): a calibration sample of queries against
 their own source and a random passage, where the answer is known. A 135M judge scores ROC AUC
-~0.5 there (chance); below ``min_auc`` its grades must not steer training.
+~0.5 there (chance); below ``min_judge_auc`` its grades must not steer training.
 
 Example:
     >>> from retriever_forge.judging import grade_from_logprobs
@@ -41,19 +41,32 @@ LABELS = ["0", "1", "2", "3"]
 
 @dataclass
 class JudgingConfig:
+    """How the LLM judge grades (query, passage) pairs (:func:`judge_pairs`).
+
+    Args:
+        template: Judge prompt template id or .txt path.
+        candidates_per_query: Base-retriever candidates judged per query.
+        candidate_rank_start: 1-based rank of the first candidate judged.
+        max_passage_words: Passage words shown to the judge.
+        calibration_queries: Judge self-check: queries judged against their own source (relevant) and a
+            random passage (not relevant); 0: no check, the judge is always used.
+        min_judge_auc: Below this calibration ROC AUC the judge does not steer training and the rest is not
+            judged (null: always use it).
+        seed: Seeds the calibration sample.
+    """
+
     template: str = "judge/umbrela_v1"
-    candidates_per_query: int = 8  # candidate pairs judged per query
-    candidate_rank_start: int = 1  # 1-based rank of the first candidate judged
+    candidates_per_query: int = 8
+    candidate_rank_start: int = 1
     max_passage_words: int = 120
-    # The judge's self-check: this many queries against their own source passage (relevant)
-    # and a random passage (not relevant); 0 skips the check and always uses the judge.
     calibration_queries: int = 100
-    # Below this ROC AUC the judge's grades do not steer training (None: always use them).
-    min_auc: float | None = 0.75
+    min_judge_auc: float | None = 0.75
     seed: int = 0
 
 
 CALIBRATION_TYPES = ("calibration_source", "calibration_random")
+# A (query, passage) pair to judge: its pair type and, for a retrieved candidate, its dense rank (else 0).
+PAIRS = {"query_id": pl.String, "query": pl.String, "doc_id": pl.String, "passage": pl.String, "pair_type": pl.String, "retrieval_rank": pl.Int64}
 
 
 def roc_auc(positive: list[float], negative: list[float]) -> float | None:
@@ -91,11 +104,57 @@ def calibration_pairs(queries: pl.DataFrame, corpus: pl.DataFrame, n: int, seed:
             while other == source:
                 other = doc_ids[int(rng.integers(len(doc_ids)))]
             rows.append((qid, text, other, passages[other], "calibration_random", 0))
-    return pl.DataFrame(
-        rows, orient="row",
-        schema={"query_id": pl.String, "query": pl.String, "doc_id": pl.String, "passage": pl.String,
-                "pair_type": pl.String, "retrieval_rank": pl.Int64},
-    )  # fmt: skip
+    return pl.DataFrame(rows, orient="row", schema=PAIRS)
+
+
+def judgment_pairs(queries: pl.DataFrame, corpus: pl.DataFrame, corpus_emb: np.ndarray, query_emb: np.ndarray, cfg: JudgingConfig) -> pl.DataFrame:
+    """Each query's source pair plus the base retriever's candidates in the configured rank window.
+
+    Args:
+        queries: query_id, doc_id (the source passage), text.
+        corpus: doc_id, title, text.
+        corpus_emb: The corpus embedded by the base encoder, in row order.
+        query_emb: ``queries`` embedded by the same encoder, in row order.
+        cfg: ``candidate_rank_start`` and ``candidates_per_query`` set the window; the source is skipped in it.
+
+    Returns:
+        Pairs (:data:`PAIRS`): ``pair_type`` source (rank 0) or candidate (its dense rank).
+    """
+    from retriever_forge.datasets import passage_text
+    from retriever_forge.search import exact_search
+
+    doc_ids = corpus["doc_id"].to_list()
+    passages = {d: passage_text(t, x) for d, t, x in corpus.select("doc_id", "title", "text").iter_rows()}
+    depth = cfg.candidate_rank_start - 1 + cfg.candidates_per_query + 1  # +1: the source may sit in the window
+    _, idx = exact_search(query_emb, corpus_emb, k=depth)
+    rows = []
+    for i, (qid, source, text) in enumerate(queries.select("query_id", "doc_id", "text").iter_rows()):
+        rows.append((qid, text, source, passages[source], "source", 0))
+        taken = 0
+        for rank, j in enumerate(idx[i], start=1):
+            doc = doc_ids[int(j)]
+            if rank < cfg.candidate_rank_start or doc == source or j < 0:
+                continue
+            if taken == cfg.candidates_per_query:
+                break
+            rows.append((qid, text, doc, passages[doc], "candidate", rank))
+            taken += 1
+    return pl.DataFrame(rows, orient="row", schema=PAIRS)
+
+
+def calibrate_judge(queries: pl.DataFrame, corpus: pl.DataFrame, judge: LLMBackend, cfg: JudgingConfig,
+                    progress: Callable[[str], None] | None = None) -> tuple[pl.DataFrame | None, dict]:  # fmt: skip
+    """The judge's self-check: ``cfg.calibration_queries`` of the train and dev queries judged against
+    their own source and a random passage (:func:`calibration_pairs`), and its verdict (:func:`judge_check`).
+
+    Returns:
+        The calibration judgments (None when ``calibration_queries`` is 0) and the verdict (then: used, unchecked).
+    """
+    if cfg.calibration_queries <= 0:
+        return None, {"auc": None, "pairs": 0, "used": True, "min_auc": None, "grades": {}}
+    pool = queries.filter(pl.col("split").is_in(["train", "dev"]))
+    calibration = judge_pairs(calibration_pairs(pool, corpus, cfg.calibration_queries, cfg.seed), judge, cfg, progress=progress)
+    return calibration, judge_check(calibration, cfg.min_judge_auc)
 
 
 def judge_check(calibration: pl.DataFrame, min_auc: float | None) -> dict:

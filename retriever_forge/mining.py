@@ -58,6 +58,21 @@ class MiningConfig:
 
     ``rank_start``/``rank_end`` is the 1-based inclusive window of dense ranks from which
     negatives are taken; each filter is switched off by setting it to ``None`` (or ``False``).
+
+    Args:
+        rank_start: First (1-based) rank of the candidate window.
+        rank_end: Last rank of the candidate window.
+        negatives_per_query: Negatives kept per query.
+        relative_margin: NV-Retriever TopK-PercPos: drop score > margin * positive score (null: off).
+        absolute_margin: TopK-MarginPos: drop score > positive score - margin (null: off).
+        judge_threshold: Drop candidates whose judged expected grade >= threshold (null: off).
+        judge_margin: Positive-aware judge filter: drop judged grade >= margin * the positive's judged grade (null: off).
+        use_guide: GISTEmbed: drop candidates the guide encoder scores above the positive (needs guide embeddings).
+        bm25_candidates: BM25 candidates mixed in per query.
+        exact_search_max_docs: Largest corpus searched exactly (``index_type`` auto).
+        index_type: auto, or the FAISS index searched for candidates.
+        query_chunk_size: Queries searched and filtered at a time (bounds memory).
+        seed: Seeds the training of an approximate candidate index.
     """
 
     rank_start: int = 10

@@ -1,6 +1,6 @@
 """OpenLineage ``RunEvent``s for every materialization, built with ``openlineage-python``.
 
-Each published artifact is one OpenLineage run of the job named after its asset: a ``START`` when
+Each materialized artifact is one OpenLineage run of the job named after its asset: a ``START`` when
 the asset begins, a ``COMPLETE`` (or ``FAIL``) when it ends. Datasets are named the way the
 store names them: namespace = the artifact store root, name = ``asset/partition``. Facets:
 
@@ -264,7 +264,7 @@ def start_event(store_root: str, asset: str, partition: str | None, dagster_run_
 
 
 def complete_event(store: ArtifactStore, ref: ArtifactRef, manifest: dict, checks: list[dict] | None = None) -> RunEvent:
-    """The COMPLETE of the materialization that published ``ref`` (facts from its manifest)."""
+    """The COMPLETE of the materialization that stored ``ref`` (facts from its manifest)."""
     asset, partition, run_id = manifest["asset"], manifest.get("partition"), manifest.get("run_id")
     return RunEvent(
         eventType=RunState.COMPLETE, eventTime=_time(manifest.get("finished_at")), producer=PRODUCER,

@@ -25,7 +25,7 @@ import difflib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -47,28 +47,50 @@ STYLE_TEMPLATES = {
 
 @dataclass
 class QueryGenerationConfig:
-    documents_to_sample: int | None = 200  # None: every passage
-    # Passages shorter than this (title included) are not asked about: a bare title such as
-    # "PSIF (Algorithm 147)" gives a 135M model nothing to write a query from. They stay in the
-    # corpus as retrieval targets and negatives.
+    """How synthetic queries are written and filtered (:func:`generate_synthetic_queries`).
+
+    Args:
+        documents_to_sample: Passages to write queries for (null: all).
+        min_passage_words: Passages shorter than this (title included) get no queries: a bare title such as
+            "PSIF (Algorithm 147)" gives a small model nothing to ask about. They stay in the corpus as
+            retrieval targets and negatives.
+        queries_per_document: Queries per passage; styles are used round-robin.
+        styles: Query styles: question, keywords, claim (or a style named in templates).
+        instruction: Optional corpus-specific instruction added to the prompt.
+        templates: Per style, a template id or a path to your own .txt prompt.
+        temperature: Sampling temperature (0: greedy decoding).
+        top_p: Nucleus sampling mass.
+        max_new_tokens: Tokens generated per query.
+        max_passage_words: Passage words shown to the LLM.
+        min_words: Queries with fewer words are dropped (too_short).
+        max_words: Queries with more words are dropped (too_long).
+        round_trip_k: Promptagator round-trip filter depth (null: off).
+        crop_queries_per_document: Corpus-only pseudo-queries: random word spans per passage, positive = the
+            passage (Contriever-style, style "crop"; 0: off).
+        crop_words: Shortest and longest span of a cropped pseudo-query, in words.
+        dev_fraction: Share of passages whose queries form the dev split.
+        test_fraction: Share of passages held out for a synthetic test split (>0 only for corpora without
+            human judgments).
+        seed: Seeds sampling, splits and cropping.
+    """
+
+    documents_to_sample: int | None = 200
     min_passage_words: int = 0
-    queries_per_document: int = 1  # styles are used round-robin: question, keywords, claim
+    queries_per_document: int = 1
     styles: tuple[str, ...] = ("question", "keywords", "claim")
-    instruction: str = ""  # optional corpus-specific instruction inserted into the prompt
-    template_overrides: dict | None = None  # style -> template id or path to a .txt file
+    instruction: str = ""
+    templates: dict[str, str] = field(default_factory=dict)
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 32
     max_passage_words: int = 180
     min_words: int = 2
     max_words: int = 32
-    round_trip_k: int | None = 10  # None disables the round-trip filter
-    # Corpus-only pseudo-queries (no LLM): this many random spans per sampled passage, each a
-    # query whose positive is its passage (Contriever-style cropping; style "crop").
+    round_trip_k: int | None = 10
     crop_queries_per_document: int = 0
     crop_words: tuple[int, int] = (4, 12)
     dev_fraction: float = 0.1
-    test_fraction: float = 0.0  # >0 only for corpora without human judgments
+    test_fraction: float = 0.0
     seed: int = 0
 
 
@@ -164,7 +186,7 @@ def sample_documents(corpus: pl.DataFrame, n: int | None, seed: int, min_words: 
 
 def style_templates(config: QueryGenerationConfig) -> dict[str, PromptTemplate]:
     """The prompt template of each requested style (bundled, or the user's override)."""
-    overrides = config.template_overrides or {}
+    overrides = config.templates
     unknown = [s for s in config.styles if s not in STYLE_TEMPLATES and s not in overrides]
     if unknown or not config.styles:
         raise ValueError(f"unknown query styles {unknown or config.styles}; known: {sorted(STYLE_TEMPLATES)} (or give a template)")
@@ -281,21 +303,29 @@ def crop_spans(docs: pl.DataFrame, config: QueryGenerationConfig) -> list[tuple[
 
 def round_trip_filter(
     queries: pl.DataFrame,
-    query_embeddings: np.ndarray,
+    encode: Callable[[list[str]], np.ndarray],
     corpus_embeddings: np.ndarray,
     doc_ids: list[str],
     k: int,
 ) -> pl.DataFrame:
     """Mark kept queries whose source passage is not in the top-``k`` for them (Promptagator).
 
-    ``query_embeddings`` are aligned with the *kept* rows of ``queries`` (``dropped_by`` null).
+    Args:
+        queries: The generated queries; only the kept rows (``dropped_by`` null) are tested.
+        encode: Embeds query texts with the encoder that embedded the corpus.
+        corpus_embeddings: The corpus, in the order of ``doc_ids``.
+        doc_ids: The corpus's document ids.
+        k: Retrieval depth at which the source passage must appear.
+
+    Returns:
+        ``queries`` with ``dropped_by`` set to ``round_trip`` where the source was not retrieved.
     """
     from retriever_forge.search import exact_search
 
     kept = queries.filter(pl.col("dropped_by").is_null())
     if kept.height == 0:
         return queries
-    _, idx = exact_search(query_embeddings, corpus_embeddings, k=min(k, len(doc_ids)))
+    _, idx = exact_search(encode(kept["text"].to_list()), corpus_embeddings, k=min(k, len(doc_ids)))
     position = {d: i for i, d in enumerate(doc_ids)}
     source = np.array([position[d] for d in kept["doc_id"]])
     hit = (idx == source[:, None]).any(axis=1)

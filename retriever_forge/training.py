@@ -79,6 +79,51 @@ class TrainingConfig:
     128 training tokens keep a step's activations near 6 GB at worst on CPU (256 tokens: about
     15 GB; raise them on a GPU or with ``grad_cache_chunk_size``); passages are still encoded
     at the encoder's own length at search time.
+
+    Args:
+        epochs: Passes over the training examples.
+        learning_rate: Peak AdamW learning rate.
+        batch_size: Queries per step.
+        temperature: Softmax temperature of the contrastive loss.
+        loss: infonce | graded | infonce+graded
+        graded_weight: Weight of the graded list-wise loss.
+        grade_temperature: Temperature turning judged grades into the graded loss's target distribution.
+        graded_distance: kl | wasserstein: how the graded loss compares score and grade distributions.
+        negatives_per_example: Mined negatives per query in a step.
+        in_batch_negatives: Use the other queries' passages of the batch as negatives too.
+        topic_batches: TAS-Balanced topic-aware batches.
+        n_topics: Topic clusters for topic_batches (0: about one per four batches).
+        warmup_ratio: Share of steps with a linearly rising learning rate.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient norm clipping.
+        max_seq_length: Tokens per text in training.
+        grad_cache_chunk_size: GradCache: encode at most this many texts per graph (0: off); lets batch_size reach 256-1024.
+        max_steps: Stop after this many steps (null: the epochs decide).
+        eval_every_steps: Steps between dev evaluations (0: once per epoch).
+        eval_at_start: Evaluate the base model on dev before the first step.
+        early_stopping_patience: Dev evaluations without gain before stopping (0: off).
+        max_dev_queries: Dev queries per evaluation.
+        min_dev_gain_z: Publication guard: keep the base weights unless the dev MRR@10 gain exceeds this many standard errors (0: any gain).
+        checkpoint_every_steps: Steps between checkpoints (0: once per epoch).
+        keep_checkpoints: Checkpoints kept on disk.
+        time_budget_s: Stop (keeping the best weights) once training took this long (null: no limit).
+        bf16: Autocast to bfloat16 where it is native (GPUs, CPUs with AVX512-BF16/AMX).
+        seed: Seeds initialisation, batching and dropout.
+        device: cpu / cuda (null: cuda when available).
+        adapter: none (full fine-tuning) | lora | spt (sensitivity-aware: LoRA + sparse).
+        lora_rank: LoRA rank.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: Dropout on the LoRA path.
+        target_modules: Linear layer names to adapt (null: attention and MLP projections).
+        tunable_parameter_budget: SPT: tunable parameters (count, or fraction < 1; 0: as many as LoRA).
+        spt_sensitivity_batches: SPT: batches whose gradients measure each weight's sensitivity.
+        spt_structured_threshold: SPT: LoRA on a matrix above this many sensitive positions (0: LoRA's cost).
+        pooling: model | mean | cls | last | gem | ggem | latent_attention
+        latent_attention_latents: Latent-attention pooling: latent vectors.
+        latent_attention_heads: Latent-attention pooling: heads.
+        bidirectional: Decoder LLMs: bidirectional attention (training and encoding).
+        query_instruction: Prefix for queries only (null: the model's own query prompt).
+        gradient_checkpointing: Recompute activations in backward.
     """
 
     epochs: int = 1

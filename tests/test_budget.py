@@ -25,18 +25,18 @@ def test_every_preset_sets_real_config_fields_and_grows_with_the_budget():
 
 def test_run_config_beats_dataset_overrides_beat_the_preset_beats_defaults():
     spec = DatasetSpec(name="x", extra={"overrides": {"synthetic_queries": {"queries_per_document": 2}}})
-    values = resolve_config(SyntheticQueriesConfig(min_passage_words=5, budget="quick"), spec, "synthetic_queries")
-    assert values["min_passage_words"] == 5  # run config
-    assert values["queries_per_document"] == 2  # dataset override
-    assert values["documents_to_sample"] == 400  # quick preset
-    assert values["round_trip_k"] == SyntheticQueriesConfig().round_trip_k  # asset default
-    assert values["budget"] == "quick"
-    assert resolve_config(SyntheticQueriesConfig(), spec, "synthetic_queries")["documents_to_sample"] == 2000  # standard
+    config = resolve_config(SyntheticQueriesConfig(min_passage_words=5, budget="quick"), spec, "synthetic_queries")
+    assert config.min_passage_words == 5  # run config
+    assert config.queries_per_document == 2  # dataset override
+    assert config.documents_to_sample == 400  # quick preset
+    assert config.round_trip_k == SyntheticQueriesConfig().round_trip_k  # asset default
+    assert config.budget == "quick"
+    assert resolve_config(SyntheticQueriesConfig(), spec, "synthetic_queries").documents_to_sample == 2000  # standard
 
 
 def test_budget_falls_back_to_the_dataset_then_standard():
     def budget(config, spec):
-        return resolve_config(config, spec, "fine_tuned_encoder")["budget"]
+        return resolve_config(config, spec, "fine_tuned_encoder").budget
 
     assert budget(FineTuneConfig(), DatasetSpec(name="x")) == "standard"
     assert budget(FineTuneConfig(), DatasetSpec(name="x", budget="quick")) == "quick"
@@ -70,7 +70,7 @@ def test_a_run_config_value_equal_to_the_default_still_beats_the_preset():
 
     @dg.asset(name="synthetic_queries")
     def probe(context, config: SyntheticQueriesConfig):
-        seen.append(resolve_config(config, DatasetSpec(name="x"), "synthetic_queries", run_config_values(context))["queries_per_document"])
+        seen.append(resolve_config(config, DatasetSpec(name="x"), "synthetic_queries", run_config_values(context)).queries_per_document)
 
     assert dg.materialize([probe], run_config={"ops": {"synthetic_queries": {"config": {"queries_per_document": 1}}}}).success
     assert dg.materialize([probe]).success

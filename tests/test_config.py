@@ -1,11 +1,14 @@
-"""One path from run config and the datasets file to an asset's values (assets.common.effective_config)."""
+"""One path from run config and the datasets file to an asset's values (assets.common.effective_config),
+and each stage's run config derived from its domain dataclass (assets.common.stage_config)."""
+
+import dataclasses
 
 import dagster as dg
 import pytest
 from pydantic import Field
 
 from retriever_forge.datasets import DatasetError, load_registry
-from retriever_forge.orchestration.assets.common import dataset_run_config, effective_config
+from retriever_forge.orchestration.assets.common import dataset_run_config, effective_config, field_docs, stage_config
 
 
 class ProbeConfig(dg.Config):
@@ -15,7 +18,7 @@ class ProbeConfig(dg.Config):
 
 @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["tiny"]))
 def probe(context: dg.AssetExecutionContext, config: ProbeConfig) -> dict:
-    return effective_config(context, config)
+    return effective_config(context, config).model_dump()
 
 
 def _datasets(tmp_path, monkeypatch, overrides: str):
@@ -70,3 +73,36 @@ def test_adapt_retriever_launchpad_shows_the_values_the_demo_run_uses():
     expected = {**preset_values(demo.budget, "synthetic_queries"), **((demo.extra or {}).get("overrides") or {}).get("synthetic_queries", {})}
     shown = config["ops"]["synthetic_queries"]["config"]
     assert shown["budget"] == demo.budget and expected and {k: shown[k] for k in expected} == expected
+
+
+def test_stage_configs_take_defaults_and_docs_from_their_domain_dataclass():
+    from retriever_forge.orchestration.assets import config_classes
+
+    derived = {name: cls for name, cls in config_classes().items() if hasattr(cls, "domain")}
+    assert set(derived) == {"synthetic_queries", "relevance_judgments", "hard_negatives", "fine_tuned_encoder"}
+    for name, cls in derived.items():
+        domain_fields, docs = {f.name: f for f in dataclasses.fields(cls.domain)}, field_docs(cls.domain)
+        assert set(domain_fields) <= set(docs), f"{cls.domain.__name__}: fields without a doc in its Args"
+        for field_name, info in cls.model_fields.items():
+            assert info.description, f"{name}.{field_name} has no description"
+            if field_name in domain_fields:
+                assert info.description == docs[field_name]
+        # the defaults of the run config are the dataclass's (tuples as lists)
+        assert dataclasses.asdict(cls().to_domain()) == dataclasses.asdict(cls.domain())
+
+
+def test_to_domain_carries_the_values_in_effect_and_the_derived_fields():
+    from retriever_forge.orchestration.assets.generation import SyntheticQueriesConfig
+    from retriever_forge.orchestration.assets.training import HardNegativesConfig
+
+    qg = SyntheticQueriesConfig(styles=["claim"], round_trip_k=None).to_domain(test_fraction=0.25)
+    assert (qg.styles, qg.round_trip_k, qg.test_fraction) == (("claim",), None, 0.25)
+    mining = HardNegativesConfig(rank_start=3, guide_model="guide").to_domain(use_guide=True)
+    assert (mining.rank_start, mining.use_guide) == (3, True)
+
+
+def test_stage_config_refuses_a_field_its_dataclass_lacks():
+    from retriever_forge.judging import JudgingConfig
+
+    with pytest.raises(TypeError, match="JudgingConfig has no fields"):
+        stage_config(JudgingConfig, ("template", "min_auc"))

@@ -66,11 +66,19 @@ def test_styles_round_robin_and_splits_are_by_passage():
 
 
 def test_round_trip_filter_drops_queries_whose_source_is_not_retrieved():
-    q = pl.DataFrame({"query_id": ["a", "b"], "doc_id": ["d1", "d2"], "dropped_by": [None, None], "split": ["train"] * 2})
+    q = pl.DataFrame({"query_id": ["a", "b", "c"], "doc_id": ["d1", "d2", "d3"], "text": ["qa", "qb", "qc"],
+                      "dropped_by": [None, None, "copy"], "split": ["train"] * 3})  # fmt: skip
     corpus = np.eye(3, dtype=np.float32)
-    query_emb = np.array([[1, 0, 0], [1, 0.1, 0]], dtype=np.float32)  # b's nearest is d1, not its source d2
-    out = round_trip_filter(q, query_emb, corpus, ["d1", "d2", "d3"], k=1)
-    assert out["dropped_by"].to_list() == [None, "round_trip"]
+    vectors = {"qa": [1, 0, 0], "qb": [1, 0.1, 0]}  # b's nearest is d1, not its source d2
+    encoded = []
+
+    def encode(texts):
+        encoded.append(texts)
+        return np.array([vectors[t] for t in texts], dtype=np.float32)
+
+    out = round_trip_filter(q, encode, corpus, ["d1", "d2", "d3"], k=1)
+    assert out["dropped_by"].to_list() == [None, "round_trip", "copy"]
+    assert encoded == [["qa", "qb"]]  # only the kept queries are encoded
 
 
 def test_same_seed_same_table():

@@ -41,18 +41,18 @@ def main(stage: str, workdir: str, *args: str) -> None:
         elif where == "write":  # the table's bytes are half written when the process dies
             from retriever_forge.artifacts import ArtifactStore
 
-            real_open = ArtifactStore._publish
+            real_write_once = ArtifactStore._write_once
 
-            def publish(self, ref, write_tmp):
+            def write_once(self, ref, write_tmp):
                 def half_then_stall(tmp):
                     with self.fs.open(tmp, "wb") as f:
                         f.write(b"PAR1" + b"\0" * 64)
                         f.flush()
                         helpers.mark_and_stall(work)
 
-                return real_open(self, ref, half_then_stall)
+                return real_write_once(self, ref, half_then_stall)
 
-            ArtifactStore._publish = publish
+            ArtifactStore._write_once = write_once
         helpers.run_mining(store)
     elif stage == "indexing":
         real_copy, copied = shutil.copy2, []

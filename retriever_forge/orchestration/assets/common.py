@@ -1,9 +1,14 @@
-"""What every asset does the same way: partitions, publishing an artifact with its manifest,
-reading upstream tables, and per-dataset config overrides."""
+"""What every asset does the same way: the decorator of a stage, its config derived from the
+stage's domain dataclass and resolved per dataset, and the Output of an artifact with its manifest."""
 
 
+import dataclasses
+import functools
+import inspect
 import os
+import re
 import time
+import typing
 import warnings
 from contextlib import contextmanager
 
@@ -96,12 +101,137 @@ def check_spec(name: str, asset: str, description: str, blocking: bool = False) 
         return dg.AssetCheckSpec(name, asset=asset, description=description, blocking=blocking, partitions_def=dataset_partitions)
 
 
+class Check(typing.NamedTuple):
+    """An asset check of a stage asset (see :func:`stage_asset`); ``blocking`` stops downstream steps when it fails."""
+
+    name: str
+    description: str
+    blocking: bool = False
+
+
+def stage_asset(stage: str, *, checks: tuple[Check, ...] = (), **asset_args):
+    """``@dg.asset`` for one pipeline stage: partitioned by dataset, grouped and tagged by ``stage``,
+    owned by :func:`asset_owners`, stored through the artifact IO manager, versioned by the code.
+    The asset's ``config`` arrives resolved: the values in effect for its dataset (:func:`effective_config`).
+
+    Args:
+        stage: The group and ``stage`` tag (data, generation, training, evaluation).
+        checks: The asset's checks; their results belong to the partition they evaluated.
+        asset_args: Further ``dg.asset`` arguments (``pool``, ``retry_policy``, ``kinds``, ...).
+
+    Example::
+
+        @stage_asset("evaluation", pool=GPU_POOL, kinds={"faiss"})
+        def corpus_index(context, config: CorpusIndexConfig, corpus: ArtifactRef, ...): ...
+    """
+
+    def decorate(fn):
+        specs = [check_spec(c.name, fn.__name__, c.description, blocking=c.blocking) for c in checks]
+        compute = fn
+        if "config" in inspect.signature(fn).parameters:  # Dagster reads the wrapped signature (inputs, resources, config class)
+            if inspect.isgeneratorfunction(fn):
+                @functools.wraps(fn)
+                def compute(context, config, **kwargs):
+                    yield from fn(context, effective_config(context, config), **kwargs)
+            else:
+                @functools.wraps(fn)
+                def compute(context, config, **kwargs):
+                    return fn(context, effective_config(context, config), **kwargs)
+        return dg.asset(partitions_def=dataset_partitions, group_name=stage, owners=asset_owners(), tags=asset_tags(stage),
+                        io_manager_key="artifact_io", code_version=CODE_VERSION, check_specs=specs or None, **asset_args)(compute)  # fmt: skip
+
+    return decorate
+
+
 def dataset_spec(context: dg.AssetExecutionContext) -> DatasetSpec:
     name = context.partition_key
     registry = load_registry()  # re-read: the file may have changed since the code location loaded
     if name not in registry:
         raise dg.Failure(f"dataset {name!r} is not in the datasets file; known: {sorted(registry)}")
     return registry[name]
+
+
+BUDGET_DESCRIPTION = "Budget preset quick | standard | thorough (null: the dataset's budget, else standard)."
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's text in the ``Args:`` section of ``cls``'s docstring (Google style, continuation lines joined).
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class Probe:
+        ...     \"\"\"A probe.
+        ...
+        ...     Args:
+        ...         depth: How deep,
+        ...             in ranks.
+        ...     \"\"\"
+        ...     depth: int = 1
+        >>> field_docs(Probe)
+        {'depth': 'How deep, in ranks.'}
+    """
+    docs, name, in_args = {}, None, False
+    for line in (inspect.getdoc(cls) or "").splitlines():
+        if line.strip() == "Args:":
+            in_args = True
+        elif in_args and line and not line.startswith(" "):
+            break  # the next section
+        elif in_args and (entry := re.match(r"^ {4}(\w+)(?: \([^)]*\))?:(.*)$", line)):
+            name = entry[1]
+            docs[name] = entry[2].strip()
+        elif in_args and name and line.strip():
+            docs[name] += " " + line.strip()
+    return docs
+
+
+class StageConfig(dg.Config):
+    """Run config of a stage whose domain dataclass holds the fields' types, defaults and docs
+    (built by :func:`stage_config`); :meth:`to_domain` turns the values in effect into that dataclass."""
+
+    domain: typing.ClassVar[type]
+
+    def to_domain(self, **derived):
+        """The domain dataclass holding these values; ``derived`` sets fields the asset computes
+        (from its inputs or from asset-only fields), which win over run config."""
+        hints = typing.get_type_hints(self.domain)
+        values = {}
+        for f in dataclasses.fields(self.domain):
+            if f.name in type(self).model_fields:
+                value = getattr(self, f.name)
+                values[f.name] = tuple(value) if typing.get_origin(hints[f.name]) is tuple and value is not None else value
+        return self.domain(**{**values, **derived})
+
+
+def stage_config(domain: type, fields: tuple[str, ...], *, budget: bool = False) -> type[StageConfig]:
+    """A :class:`StageConfig` class with the named fields of the dataclass ``domain``: its types (a
+    tuple becomes a list, as Dagster config has no tuples), defaults and the docs of its ``Args:``,
+    so the dataclass is their one source. Subclass it to add asset-only fields.
+
+    Args:
+        domain: The stage's domain dataclass (e.g. ``querygen.QueryGenerationConfig``).
+        fields: The fields a run may set, in the order the Launchpad shows them.
+        budget: Add the ``budget`` field first (assets a budget preset sizes, see :mod:`retriever_forge.budget`).
+
+    Example::
+
+        class HardNegativesConfig(stage_config(MiningConfig, ("rank_start", "rank_end"))):
+            guide_model: str | None = Field(default=None, description="GISTEmbed guide encoder (null: off).")
+    """
+    docs, hints = field_docs(domain), typing.get_type_hints(domain)
+    by_name = {f.name: f for f in dataclasses.fields(domain)}
+    unknown = sorted(set(fields) - set(by_name))
+    if unknown:
+        raise TypeError(f"stage_config: {domain.__name__} has no fields {unknown}")
+    definitions = {"budget": (str | None, pydantic.Field(default=None, description=BUDGET_DESCRIPTION))} if budget else {}
+    for name in fields:
+        f, hint = by_name[name], hints[name]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if typing.get_origin(hint) is tuple:
+            hint, default = list[typing.get_args(hint)[0]], list(default)
+        definitions[name] = (hint, pydantic.Field(default=default, description=docs.get(name)))
+    config = pydantic.create_model(f"{domain.__name__}Fields", __base__=StageConfig, **definitions)
+    config.domain = domain
+    return config
 
 
 def run_config_values(context: dg.AssetExecutionContext, asset: str | None = None) -> dict:
@@ -136,15 +266,14 @@ def dataset_overrides(spec: DatasetSpec, asset: str, config_cls: type[dg.Config]
     return {k: validated[k] for k in overrides}
 
 
-def resolve_config(config: dg.Config, spec: DatasetSpec, asset: str, explicit: set[str] | dict | None = None) -> dict:
-    """Config values: set explicitly > the dataset's overrides in the datasets file > the budget
-    preset (:mod:`retriever_forge.budget`) > defaults.
+def resolve_config(config: dg.Config, spec: DatasetSpec, asset: str, explicit: set[str] | dict | None = None) -> dg.Config:
+    """The config in effect, of ``config``'s class: set explicitly > the dataset's overrides in
+    the datasets file > the budget preset (:mod:`retriever_forge.budget`) > defaults.
 
     ``explicit`` names the fields the user set (an asset passes what its run config holds, see
     :func:`effective_config`); ``None`` means the fields given to ``config``'s constructor, for a
     config built in code. Assets a budget sizes have a ``budget`` config field; unset, it is the
-    dataset's ``budget:`` in datasets.yaml, else ``standard``. The resolved name is recorded as
-    ``values["budget"]``.
+    dataset's ``budget:`` in datasets.yaml, else ``standard``, and the result holds that name.
 
     Raises:
         dg.Failure: an override that is not a field of ``asset``'s config or has the wrong type,
@@ -164,14 +293,18 @@ def resolve_config(config: dg.Config, spec: DatasetSpec, asset: str, explicit: s
             if key in values and key not in explicit:
                 values[key] = value
     values.update({k: v for k, v in overrides.items() if k not in explicit})
-    return values
+    # The values as given (the overrides are validated above): validating again would turn a float
+    # field's int default (0) into 0.0, which the model card prints, changing the model's hash.
+    return config.model_copy(update=values)
 
 
-def effective_config(context: dg.AssetExecutionContext, config: dg.Config) -> dict:
-    """The values this asset uses: :func:`resolve_config` with "explicit" read from the run config.
+def effective_config(context: dg.AssetExecutionContext, config: dg.Config) -> dg.Config:
+    """The config this asset uses: :func:`resolve_config` with "explicit" read from the run config.
 
-    The one path from run config to an asset's values. A value typed in the run config (or the
-    Launchpad) wins even when it equals the code default.
+    The one path from run config to an asset's values (:func:`stage_asset` applies it to each
+    stage's config; a :class:`StageConfig` then gives the domain object with
+    :meth:`StageConfig.to_domain`). A value typed in the run config (or the Launchpad) wins even
+    when it equals the code default.
     """
     return resolve_config(config, dataset_spec(context), context.op_def.name, run_config_values(context))
 
@@ -235,55 +368,46 @@ def timed(context: dg.AssetExecutionContext | None = None):
         box["seconds"] = round(time.perf_counter() - box["t0"], 2)
 
 
-def publish(
+def artifact_output(
     context: dg.AssetExecutionContext,
     store: ArtifactStore,
     ref: ArtifactRef,
     *,
-    asset: str,
-    upstream: dict[str, ArtifactRef],
     timing: dict,
-    rows: int | None = None,
-    config: dict | None = None,
-    models: dict | None = None,
-    prompts: dict | None = None,
-    sampling: dict | None = None,
-    seeds: dict | None = None,
-    metadata: dict | None = None,
     output_name: str = "result",
+    metadata: dict | None = None,
     with_trace: bool = False,
     extra: dict | None = None,
+    **provenance,
 ) -> dg.Output:
-    """Write the artifact's manifest and wrap the ref in an Output whose data version is its hash.
+    """Write the manifest of the artifact this asset stored and wrap its ref in an Output whose
+    data version is its hash; the manifest names the asset of ``output_name`` (from the context).
 
-    ``extra`` lands in the manifest's ``extra`` record beside the asset's seconds.
+    Args:
+        timing: The :func:`timed` record of the asset's work.
+        output_name: The output (a multi-asset's asset name; ``result`` for a single asset).
+        metadata: The asset's own entries for the UI, shown first.
+        with_trace: Add the artifact's lineage down to its sources.
+        extra: Lands in the manifest's ``extra`` record beside the asset's seconds.
+        provenance: The manifest's ``upstream``, ``rows``, ``config``, ``models``, ``prompts``,
+            ``sampling`` and ``seeds`` (see :func:`retriever_forge.provenance.build_manifest`).
     """
     manifest = build_manifest(
-        ref,
-        asset=asset,
-        upstream=upstream,
-        partition=context.partition_key if context.has_partition_key else None,
-        run_id=context.run.run_id,
-        config=config,
-        models=models,
-        prompts=prompts,
-        sampling=sampling,
-        seeds=seeds,
-        rows=rows,
-        started_at=timing.get("started_at"),
-        extra={"seconds": timing.get("seconds"), **(extra or {})},
-    )
+        ref, asset=context.asset_key_for_output(output_name).to_user_string(),
+        partition=context.partition_key if context.has_partition_key else None, run_id=context.run.run_id,
+        started_at=timing.get("started_at"), extra={"seconds": timing.get("seconds"), **(extra or {})}, **provenance,
+    )  # fmt: skip
     store.write_manifest(ref, manifest)
     # What a person reads comes first (the asset's own entries, in the order it gave them); then
     # one provenance block with short hashes, and the full manifest behind a single entry.
     md = dict(metadata or {})
-    if rows is not None:
-        md["dagster/row_count"] = rows
+    if manifest["rows"] is not None:
+        md["dagster/row_count"] = manifest["rows"]
     md["provenance"] = dg.MetadataValue.md(provenance_markdown(ref, manifest, timing.get("seconds")))
-    if prompts:
-        md["prompts"] = dg.MetadataValue.json(prompts)
-    if config:
-        md["config"] = dg.MetadataValue.json(config)
+    if manifest["prompts"]:
+        md["prompts"] = dg.MetadataValue.json(manifest["prompts"])
+    if manifest["config"]:
+        md["config"] = dg.MetadataValue.json(manifest["config"])
     if with_trace:
         md["lineage"] = dg.MetadataValue.md(trace_markdown(trace(store, ref.hash)))
     md["artifact_path"] = dg.MetadataValue.path(ref.payload_uri)
@@ -291,6 +415,12 @@ def publish(
     with warnings.catch_warnings():  # data_version is a beta parameter, used on purpose: the artifact hash is the version
         warnings.filterwarnings("ignore", message=".*data_version.*")
         return dg.Output(ref, output_name=output_name, metadata=md, data_version=dg.DataVersion(ref.hash))
+
+
+def artifact_model(asset: str, ref: ArtifactRef, **facts) -> dict:
+    """The provenance record of a model that is an artifact of this graph (the fine-tuned encoder):
+    its asset name and artifact hash, plus ``facts``."""
+    return {"id": asset, "weights_hash": ref.hash, **facts}
 
 
 SHORT_HASH = 12

@@ -10,13 +10,13 @@ from retriever_forge.fingerprint import dataset_version, report_once
 from retriever_forge.orchestration.assets.common import (
     CODE_VERSION,
     DATASET_PARTITIONS,
+    artifact_output,
     asset_owners,
     asset_tags,
     check_spec,
     dataset_partitions,
     dataset_spec,
     markdown_table,
-    publish,
     timed,
 )
 from retriever_forge.orchestration.resources import ArtifactStoreResource
@@ -59,12 +59,13 @@ def dataset_source(context) -> dg.DataVersionsByPartition:
 @dg.multi_asset(
     deps=[dataset_source],
     outs={
-        "corpus": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars", "parquet"}, owners=asset_owners(), tags=asset_tags("data"),
-                              description="Passages of the dataset: doc_id, title, text."),
-        "eval_queries": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars"}, owners=asset_owners(), tags=asset_tags("data"),
-                                    description="Human-judged test queries (empty when the dataset has none)."),
-        "eval_qrels": dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds={"polars"}, owners=asset_owners(), tags=asset_tags("data"),
-                                  description="Human relevance judgments (empty when the dataset has none)."),
+        name: dg.AssetOut(io_manager_key="artifact_io", code_version=CODE_VERSION, kinds=kinds, owners=asset_owners(), tags=asset_tags("data"),
+                          description=description)
+        for name, kinds, description in (
+            ("corpus", {"polars", "parquet"}, "Passages of the dataset: doc_id, title, text."),
+            ("eval_queries", {"polars"}, "Human-judged test queries (empty when the dataset has none)."),
+            ("eval_qrels", {"polars"}, "Human relevance judgments (empty when the dataset has none)."),
+        )
     },
     partitions_def=dataset_partitions,
     group_name="data",
@@ -94,8 +95,8 @@ def corpus(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResou
     # Judgments naming a passage that is missing or was set aside as empty: harmless (nothing can
     # retrieve it), so counted and listed, never a failure.
     missing = quarantine.filter((pl.col("table") == "qrels") & pl.col("reason").str.contains("unknown document"))
-    yield publish(
-        context, store, corpus_ref, asset="corpus", upstream={}, timing=t, rows=ds.corpus.height, config=source,
+    yield artifact_output(
+        context, store, corpus_ref, upstream={}, timing=t, rows=ds.corpus.height, config=source,
         output_name="corpus",
         metadata={
             "quarantined_rows": quarantined,
@@ -108,8 +109,8 @@ def corpus(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResou
     )  # fmt: skip
     judged = "human" if ds.has_judgments else "none"
     for name, ref, df in (("eval_queries", queries_ref, queries), ("eval_qrels", qrels_ref, qrels)):
-        yield publish(
-            context, store, ref, asset=name, upstream={"corpus": corpus_ref}, timing=t, rows=df.height, config=source,
+        yield artifact_output(
+            context, store, ref, upstream={"corpus": corpus_ref}, timing=t, rows=df.height, config=source,
             output_name=name, metadata={"judgments": judged},
         )  # fmt: skip
     problems = schemas.check_schema(ds.corpus, schemas.CORPUS, "corpus")

@@ -11,21 +11,16 @@ import polars as pl
 from pydantic import Field
 
 from retriever_forge.artifacts import ArtifactRef, ArtifactStore
-from retriever_forge.encoding import corpus_embeddings, encode_queries
 from retriever_forge.evaluation import qrels_dict, query_movers, score_systems, scoreboard_markdown, synthetic_eval_set
 from retriever_forge.fusion import choose_fusion, fuse
 from retriever_forge.indexing import build_corpus_index, load_corpus_index, read_fusion, write_fusion
 from retriever_forge.lexical import bm25_run
 from retriever_forge.orchestration.assets.common import (
-    CODE_VERSION,
     GPU_POOL,
-    asset_owners,
-    asset_tags,
-    check_spec,
-    dataset_partitions,
-    dataset_spec,
-    effective_config,
-    publish,
+    Check,
+    artifact_model,
+    artifact_output,
+    stage_asset,
     timed,
 )
 from retriever_forge.orchestration.assets.training import judge_verdict
@@ -45,16 +40,7 @@ class BenchmarkConfig(dg.Config):
     seed: int = Field(default=0, description="Seeds the randomization tests and bootstrap intervals of the scoreboard.")
 
 
-@dg.asset(
-    partitions_def=dataset_partitions,
-    group_name="evaluation",
-    owners=asset_owners(),
-    tags=asset_tags("evaluation"),
-    io_manager_key="artifact_io",
-    code_version=CODE_VERSION,
-    pool=GPU_POOL,
-    kinds={"faiss"},
-)
+@stage_asset("evaluation", pool=GPU_POOL, kinds={"faiss"})
 def corpus_index(
     context: dg.AssetExecutionContext,
     config: CorpusIndexConfig,
@@ -71,35 +57,32 @@ def corpus_index(
     normalised scores) and weight are chosen on the synthetic *dev* queries and stored with the
     index (``fusion.json``), for the fine-tuned encoder (``hybrid``) and the base (``hybrid-base``).
     """
-    values = effective_config(context, config)
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     with timed(context) as t:
-        tuned = encoder.load(str(store.local_path(fine_tuned_encoder)))
-        emb = corpus_embeddings(tuned, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
+        tuned = encoder.load(artifact_store, str(store.local_path(fine_tuned_encoder)))
+        emb = tuned.encode_corpus(corpus_df)
         doc_ids = corpus_df["doc_id"].to_list()
         dev_queries, dev_qrels = synthetic_eval_set(store.read_table(synthetic_queries), store.read_table(relevance_judgments), split="dev")
-        depth, texts, dev_ids = values["fusion_depth"], dev_queries["text"].to_list(), dev_queries["query_id"].to_list()
+        depth, texts, dev_ids = config.fusion_depth, dev_queries["text"].to_list(), dev_queries["query_id"].to_list()
         lexical = bm25_run(corpus_df, dev_queries, k=depth) if dev_queries.height else {}
-        base = encoder.load()
-        base_emb = corpus_embeddings(base, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
-        dense = {name: dense_run(encode_queries(enc, texts), np.asarray(e), dev_ids, doc_ids, k=depth) if texts else {}
+        base = encoder.load(artifact_store)
+        base_emb = base.encode_corpus(corpus_df)
+        dense = {name: dense_run(enc.encode_queries(texts), np.asarray(e), dev_ids, doc_ids, k=depth) if texts else {}
                  for name, enc, e in (("hybrid", tuned, emb), ("hybrid-base", base, base_emb))}  # fmt: skip
         qrels = qrels_dict(dev_qrels)
         fusion = {name: choose_fusion(lexical, run, qrels, depth=depth) for name, run in dense.items()}
         fusion["hybrid"]["dense"], fusion["hybrid-base"]["dense"] = "fine_tuned_encoder", base.name
         with tempfile.TemporaryDirectory() as tmp:
-            info = build_corpus_index(np.asarray(emb), doc_ids, Path(tmp),
-                                      index_type=values["index_type"], exact_max_docs=values["exact_max_docs"])  # fmt: skip
+            info = build_corpus_index(np.asarray(emb), doc_ids, Path(tmp), index_type=config.index_type, exact_max_docs=config.exact_max_docs)
             write_fusion(Path(tmp), fusion)
             ref = store.put_folder(tmp, "corpus_index", payload="index")
-    return publish(
-        context, store, ref, asset="corpus_index",
+    return artifact_output(
+        context, store, ref,
         upstream={"corpus": corpus, "synthetic_queries": synthetic_queries, "relevance_judgments": relevance_judgments,
                   "fine_tuned_encoder": fine_tuned_encoder},
-        timing=t, rows=corpus_df.height, config=values,
-        models={"encoder": {"id": "fine_tuned_encoder", "weights_hash": fine_tuned_encoder.hash},
-                "base_encoder": base.record()},
+        timing=t, rows=corpus_df.height, config=config.model_dump(),
+        models={"encoder": artifact_model("fine_tuned_encoder", fine_tuned_encoder), "base_encoder": base.record()},
         metadata={"hybrid": dg.MetadataValue.md(_fusion_markdown(fusion)), "index_type": info["index_type"],
                   "dimension": info["dimension"], "vectors": info["vectors"], "fusion": dg.MetadataValue.json(fusion)},
     )  # fmt: skip
@@ -126,18 +109,9 @@ def published_weights(store, fine_tuned_encoder: ArtifactRef) -> str:
     return f"fine-tuned (step {training.get('best_step')} of {training.get('steps')})"
 
 
-@dg.asset(
-    partitions_def=dataset_partitions,
-    group_name="evaluation",
-    owners=asset_owners(),
-    tags=asset_tags("evaluation"),
-    io_manager_key="artifact_io",
-    code_version=CODE_VERSION,
-    pool=GPU_POOL,
-    kinds={"polars"},
-    check_specs=[
-        check_spec("fine_tuned_not_worse", "benchmark_scores", description="Fine-tuned nDCG@10 is not below the base encoder's by more than max_regression."),
-    ],
+@stage_asset(
+    "evaluation", pool=GPU_POOL, kinds={"polars"},
+    checks=(Check("fine_tuned_not_worse", "Fine-tuned nDCG@10 is not below the base encoder's by more than max_regression."),),
 )  # fmt: skip
 def benchmark_scores(
     context: dg.AssetExecutionContext,
@@ -153,8 +127,7 @@ def benchmark_scores(
     encoder: EncoderResource,
 ):
     """nDCG@10, Recall@100, MAP and MRR (pytrec_eval) for BM25, the base and the fine-tuned encoder."""
-    spec = dataset_spec(context)
-    values = effective_config(context, config)
+    dataset = context.partition_key
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     queries, qrels = store.read_table(eval_queries), store.read_table(eval_qrels)
@@ -163,36 +136,35 @@ def benchmark_scores(
         judged_by = "synthetic"
         queries, qrels = synthetic_eval_set(store.read_table(synthetic_queries), store.read_table(relevance_judgments))
     if queries.height == 0:
-        raise dg.Failure(f"dataset {spec.name!r}: no evaluation queries (no human qrels and no held-out synthetic queries)")
+        raise dg.Failure(f"dataset {dataset!r}: no evaluation queries (no human qrels and no held-out synthetic queries)")
     qrels_by_query = qrels_dict(qrels)
     query_ids, query_texts = queries["query_id"].to_list(), queries["text"].to_list()
     doc_ids = corpus_df["doc_id"].to_list()
     with timed(context) as t:
         runs, seconds = {}, {}
         with timed() as ts:
-            runs["bm25"] = bm25_run(corpus_df, queries, k=values["depth"])
+            runs["bm25"] = bm25_run(corpus_df, queries, k=config.depth)
         seconds["bm25"] = ts["seconds"]
         with timed() as ts:
-            base = encoder.load()
-            base_corpus = corpus_embeddings(base, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
-            runs["base"] = dense_run(encode_queries(base, query_texts), np.asarray(base_corpus), query_ids, doc_ids, k=values["depth"])
+            base = encoder.load(artifact_store)
+            runs["base"] = dense_run(base.encode_queries(query_texts), np.asarray(base.encode_corpus(corpus_df)), query_ids, doc_ids, k=config.depth)
         seconds["base"] = ts["seconds"]
         index_dir = store.local_path(corpus_index)
         fusion = read_fusion(index_dir)
         if "hybrid-base" in fusion:
             with timed() as ts:
-                runs["hybrid-base"] = fuse([runs["bm25"], runs["base"]], fusion["hybrid-base"]["method"], fusion["hybrid-base"]["params"], values["depth"])
+                runs["hybrid-base"] = fuse([runs["bm25"], runs["base"]], fusion["hybrid-base"]["method"], fusion["hybrid-base"]["params"], config.depth)
             seconds["hybrid-base"] = round(seconds["bm25"] + seconds["base"] + ts["seconds"], 2)
         with timed() as ts:
-            tuned = encoder.load(str(store.local_path(fine_tuned_encoder)))
+            tuned = encoder.load(artifact_store, str(store.local_path(fine_tuned_encoder)))
             index = load_corpus_index(index_dir)
-            runs["fine-tuned"] = dense_run(encode_queries(tuned, query_texts), index.index, query_ids, index.doc_ids, k=values["depth"])
+            runs["fine-tuned"] = dense_run(tuned.encode_queries(query_texts), index.index, query_ids, index.doc_ids, k=config.depth)
         seconds["fine-tuned"] = ts["seconds"]
         if "hybrid" in fusion:
             with timed() as ts:
-                runs["hybrid"] = fuse([runs["bm25"], runs["fine-tuned"]], fusion["hybrid"]["method"], fusion["hybrid"]["params"], values["depth"])
+                runs["hybrid"] = fuse([runs["bm25"], runs["fine-tuned"]], fusion["hybrid"]["method"], fusion["hybrid"]["params"], config.depth)
             seconds["hybrid"] = round(seconds["bm25"] + seconds["fine-tuned"] + ts["seconds"], 2)
-        table, rows = score_systems(runs, qrels_by_query, seed=values["seed"])
+        table, rows = score_systems(runs, qrels_by_query, seed=config.seed)
         for row in rows:
             row.update(judgments=judged_by, search_seconds=seconds[row["system"]])
             if row["system"] in fusion:
@@ -206,16 +178,15 @@ def benchmark_scores(
     judge = {k: v for k, v in judge_verdict(store, relevance_judgments).items() if k in ("auc", "pairs", "used")}
     weights = published_weights(store, fine_tuned_encoder)
     markdown = scoreboard_markdown(rows, judged_by) + "\n\n" + scoreboard_notes(judge, weights)
-    scoreboard_path = _write_scoreboard(store, spec.name, rows, markdown, ref, movers,
+    scoreboard_path = _write_scoreboard(store, dataset, rows, markdown, ref, movers,
                                         extra={"judge": judge, "published_weights": weights})  # fmt: skip
     by_system = {r["system"]: r for r in rows}
-    yield publish(
-        context, store, ref, asset="benchmark_scores",
+    yield artifact_output(
+        context, store, ref,
         upstream={"corpus": corpus, "eval_queries": eval_queries, "eval_qrels": eval_qrels, "synthetic_queries": synthetic_queries,
                   "relevance_judgments": relevance_judgments, "fine_tuned_encoder": fine_tuned_encoder, "corpus_index": corpus_index},
-        timing=t, rows=table.height, config=values,
-        models={"base_encoder": base.record(),
-                "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": fine_tuned_encoder.hash}},
+        timing=t, rows=table.height, config=config.model_dump(),
+        models={"base_encoder": base.record(), "fine_tuned_encoder": artifact_model("fine_tuned_encoder", fine_tuned_encoder)},
         metadata={"scoreboard": dg.MetadataValue.md(markdown), "queries_moved": dg.MetadataValue.md(_movers_markdown(movers)),
                   "per_query_delta": dg.MetadataValue.md(_delta_chart(table)), "judgments": judged_by,
                   "published_weights": weights, "kept_base_weights": kept_base, "judge": dg.MetadataValue.json(judge),
@@ -228,8 +199,8 @@ def benchmark_scores(
     if kept_base:  # delta 0 by construction: not evidence that fine-tuning worked
         check_md["note"] = "training kept the base weights: the fine-tuned model is the base model, so this delta says nothing"
     yield dg.AssetCheckResult(
-        check_name="fine_tuned_not_worse", asset_key="benchmark_scores",
-        passed=bool(delta >= -values["max_regression"]) and not kept_base,
+        check_name="fine_tuned_not_worse",
+        passed=bool(delta >= -config.max_regression) and not kept_base,
         severity=dg.AssetCheckSeverity.WARN, metadata=check_md,
     )  # fmt: skip
 

@@ -26,7 +26,7 @@ def emit_start(context: dg.AssetExecutionContext) -> None:
 
 @dg.success_hook(required_resource_keys={"artifact_store"})
 def openlineage_complete(context: dg.HookContext) -> None:
-    """COMPLETE events for the artifacts the step published, with its asset check results."""
+    """COMPLETE events for the artifacts the step materialized, with its asset check results."""
     if not ol.emission_configured():
         return
     from retriever_forge.orchestration.assets.run_records import asset_check_results

@@ -10,52 +10,31 @@ from pydantic import Field
 
 from retriever_forge.artifacts import ArtifactRef
 from retriever_forge.datasets import passage_text
-from retriever_forge.encoding import corpus_embeddings, encode_cached
 from retriever_forge.hashing import hash_file, hash_json
 from retriever_forge.judging import steering_judgments
 from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
 from retriever_forge.model_card import training_card_facts, write_model_card
 from retriever_forge.orchestration.assets.common import (
-    CODE_VERSION,
     GPU_POOL,
-    asset_owners,
-    asset_tags,
-    check_spec,
-    dataset_partitions,
-    dataset_spec,
-    effective_config,
+    Check,
+    artifact_model,
+    artifact_output,
     log_progress,
     markdown_table,
-    publish,
+    stage_asset,
+    stage_config,
     timed,
 )
 from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
 from retriever_forge.training import TrainingConfig, loss_trend, train_encoder
 
-_MINING_DEFAULTS = MiningConfig()
-_TRAINING_DEFAULTS = TrainingConfig()
 
+class HardNegativesConfig(stage_config(MiningConfig, (
+    "rank_start", "rank_end", "negatives_per_query", "relative_margin", "absolute_margin", "judge_threshold", "judge_margin",
+    "bm25_candidates", "seed"))):  # fmt: skip
+    """Mining (:class:`~retriever_forge.mining.MiningConfig`); ``use_guide`` follows ``guide_model``."""
 
-class HardNegativesConfig(dg.Config):
-    rank_start: int = Field(default=_MINING_DEFAULTS.rank_start, description="First (1-based) rank of the candidate window.")
-    rank_end: int = Field(default=_MINING_DEFAULTS.rank_end, description="Last rank of the candidate window.")
-    negatives_per_query: int = _MINING_DEFAULTS.negatives_per_query
-    relative_margin: float | None = Field(
-        default=_MINING_DEFAULTS.relative_margin, description="NV-Retriever TopK-PercPos: drop score > margin * positive score (null: off)."
-    )
-    absolute_margin: float | None = Field(
-        default=_MINING_DEFAULTS.absolute_margin, description="TopK-MarginPos: drop score > positive score - margin (null: off)."
-    )
-    judge_threshold: float | None = Field(
-        default=_MINING_DEFAULTS.judge_threshold, description="Drop candidates whose judged expected grade >= threshold (null: off)."
-    )
-    judge_margin: float | None = Field(
-        default=_MINING_DEFAULTS.judge_margin,
-        description="Positive-aware judge filter: drop judged grade >= margin * the positive's judged grade (null: off).",
-    )
     guide_model: str | None = Field(default=None, description="GISTEmbed guide encoder (null: off).")
-    bm25_candidates: int = Field(default=_MINING_DEFAULTS.bm25_candidates, description="BM25 candidates mixed in per query.")
-    seed: int = 0
 
 
 class TrainingExamplesConfig(dg.Config):
@@ -65,42 +44,12 @@ class TrainingExamplesConfig(dg.Config):
     )
 
 
-class FineTuneConfig(dg.Config):
-    budget: str | None = Field(
-        default=None, description="Budget preset quick | standard | thorough (null: the dataset's budget, else standard)."
-    )
-    epochs: int = _TRAINING_DEFAULTS.epochs
-    learning_rate: float = _TRAINING_DEFAULTS.learning_rate
-    batch_size: int = _TRAINING_DEFAULTS.batch_size
-    temperature: float = _TRAINING_DEFAULTS.temperature
-    loss: str = Field(default=_TRAINING_DEFAULTS.loss, description="infonce | graded | infonce+graded")
-    graded_weight: float = Field(default=_TRAINING_DEFAULTS.graded_weight, description="Weight of the graded list-wise loss.")
-    negatives_per_example: int = _TRAINING_DEFAULTS.negatives_per_example
-    max_seq_length: int = _TRAINING_DEFAULTS.max_seq_length
-    topic_batches: bool = Field(default=_TRAINING_DEFAULTS.topic_batches, description="TAS-Balanced topic-aware batches.")
-    early_stopping_patience: int = Field(default=_TRAINING_DEFAULTS.early_stopping_patience, description="Dev evaluations without gain before stopping (0: off).")
-    min_dev_gain_z: float = Field(
-        default=_TRAINING_DEFAULTS.min_dev_gain_z,
-        description="Publication guard: keep the base weights unless the dev MRR@10 gain exceeds this many standard errors (0: any gain).",
-    )
-    bf16: bool = Field(default=_TRAINING_DEFAULTS.bf16, description="Autocast to bfloat16 where it is native (GPUs, CPUs with AVX512-BF16/AMX).")
-    seed: int = _TRAINING_DEFAULTS.seed
-    grad_cache_chunk_size: int = Field(default=_TRAINING_DEFAULTS.grad_cache_chunk_size,
-                                       description="GradCache: encode at most this many texts per graph (0: off); lets batch_size reach 256-1024.")
-    gradient_checkpointing: bool = Field(default=_TRAINING_DEFAULTS.gradient_checkpointing, description="Recompute activations in backward.")
-    adapter: str = Field(default=_TRAINING_DEFAULTS.adapter, description="none (full fine-tuning) | lora | spt (sensitivity-aware: LoRA + sparse).")
-    lora_rank: int = _TRAINING_DEFAULTS.lora_rank
-    lora_alpha: float = _TRAINING_DEFAULTS.lora_alpha
-    lora_dropout: float = _TRAINING_DEFAULTS.lora_dropout
-    target_modules: list[str] | None = Field(default=None, description="Linear layer names to adapt (null: attention and MLP projections).")
-    tunable_parameter_budget: float = Field(default=_TRAINING_DEFAULTS.tunable_parameter_budget,
-                                            description="SPT: tunable parameters (count, or fraction < 1; 0: as many as LoRA).")
-    pooling: str = Field(default=_TRAINING_DEFAULTS.pooling, description="model | mean | cls | last | gem | ggem | latent_attention")
-    latent_attention_latents: int = _TRAINING_DEFAULTS.latent_attention_latents
-    latent_attention_heads: int = _TRAINING_DEFAULTS.latent_attention_heads
-    bidirectional: bool = Field(default=_TRAINING_DEFAULTS.bidirectional, description="Decoder LLMs: bidirectional attention.")
-    query_instruction: str | None = Field(default=None, description="Prefix for queries only (null: the model's own query prompt).")
-    # fmt: skip
+class FineTuneConfig(stage_config(TrainingConfig, (
+    "epochs", "learning_rate", "batch_size", "temperature", "loss", "graded_weight", "negatives_per_example", "max_seq_length",
+    "topic_batches", "early_stopping_patience", "min_dev_gain_z", "bf16", "seed", "grad_cache_chunk_size", "gradient_checkpointing",
+    "adapter", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "tunable_parameter_budget", "pooling",
+    "latent_attention_latents", "latent_attention_heads", "bidirectional", "query_instruction"), budget=True)):  # fmt: skip
+    """Fine-tuning (:class:`~retriever_forge.training.TrainingConfig`); the graded loss is off when the judge failed its self-check."""
 
 
 def judge_verdict(store, ref: ArtifactRef) -> dict:
@@ -139,16 +88,7 @@ def negatives_sample_markdown(candidates: pl.DataFrame, queries: pl.DataFrame, c
     return markdown_table(rows, max_rows=30, max_chars=200)
 
 
-@dg.asset(
-    partitions_def=dataset_partitions,
-    group_name="training",
-    owners=asset_owners(),
-    tags=asset_tags("training"),
-    io_manager_key="artifact_io",
-    code_version=CODE_VERSION,
-    pool=GPU_POOL,
-    kinds={"faiss", "polars"},
-)
+@stage_asset("training", pool=GPU_POOL, kinds={"faiss", "polars"})
 def hard_negatives(
     context: dg.AssetExecutionContext,
     config: HardNegativesConfig,
@@ -159,59 +99,42 @@ def hard_negatives(
     encoder: EncoderResource,
 ):
     """Candidates from the base encoder + FAISS, each with the filter that dropped it (if any)."""
-    values = effective_config(context, config)
+    mining = config.to_domain(use_guide=config.guide_model is not None)
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
     # Only the judgments that may steer training: none when the judge failed its self-check.
     judgments = steering_judgments(store.read_table(relevance_judgments))
-    mining = MiningConfig(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(MiningConfig)}})
-    mining.use_guide = values["guide_model"] is not None
+    texts = queries["text"].to_list()
     with timed(context) as t:
-        enc = encoder.load()
-        corpus_emb = corpus_embeddings(enc, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size)
-        query_emb = encode_cached(enc, queries["text"].to_list(), None, batch_size=encoder.batch_size)
-        guide = None
-        if values["guide_model"]:
-            g = encoder.load(values["guide_model"])
-            guide = (
-                encode_cached(g, queries["text"].to_list(), None, batch_size=encoder.batch_size),
-                corpus_embeddings(g, corpus_df, artifact_store.scratch("embeddings"), encoder.batch_size),
-            )
+        base = encoder.load(artifact_store)
+        corpus_emb, query_emb = base.encode_corpus(corpus_df), base.encode_texts(texts)
+        guide = encoder.load(artifact_store, config.guide_model) if config.guide_model else None
         bm25_texts = [passage_text(a, b) for a, b in zip(corpus_df["title"], corpus_df["text"], strict=True)] if mining.bm25_candidates else None
         candidates = mine_hard_negatives(
             query_emb, corpus_emb, queries["query_id"].to_list(), queries["doc_id"].to_list(), corpus_df["doc_id"].to_list(),
-            mining, judgments=judgments.select("query_id", "doc_id", "expected_grade"), guide=guide,
-            bm25=(bm25_texts, queries["text"].to_list()) if bm25_texts else None,
+            mining, judgments=judgments.select("query_id", "doc_id", "expected_grade"),
+            guide=(guide.encode_texts(texts), guide.encode_corpus(corpus_df)) if guide else None,
+            bm25=(bm25_texts, texts) if bm25_texts else None,
         )  # fmt: skip
         ref = store.put_table(candidates, "hard_negatives")
     reasons = candidates.group_by("dropped_by").len().sort("dropped_by")
     decisions = {str(r["dropped_by"] or "kept"): r["len"] for r in reasons.iter_rows(named=True)}
-    models = {"mining_encoder": enc.record()}
-    if values["guide_model"]:
-        models["guide_encoder"] = g.record()
-    return publish(
-        context, store, ref, asset="hard_negatives",
+    models = {"mining_encoder": base.record()}
+    if guide:
+        models["guide_encoder"] = guide.record()
+    return artifact_output(
+        context, store, ref,
         upstream={"corpus": corpus, "synthetic_queries": synthetic_queries, "relevance_judgments": relevance_judgments},
-        timing=t, rows=candidates.height, config=values, models=models, seeds={"seed": values["seed"]},
-        metadata={"negatives_sample": dg.MetadataValue.md(negatives_sample_markdown(candidates, queries, corpus_df, values["seed"])),
+        timing=t, rows=candidates.height, config=config.model_dump(), models=models, seeds={"seed": config.seed},
+        metadata={"negatives_sample": dg.MetadataValue.md(negatives_sample_markdown(candidates, queries, corpus_df, config.seed)),
                   "filter_decisions": dg.MetadataValue.md(filter_decisions_markdown(decisions)), "queries": queries.height,
                   "judge_used": judge_verdict(store, relevance_judgments)["used"]},
     )  # fmt: skip
 
 
-@dg.asset(
-    partitions_def=dataset_partitions,
-    group_name="training",
-    owners=asset_owners(),
-    tags=asset_tags("training"),
-    io_manager_key="artifact_io",
-    code_version=CODE_VERSION,
-    kinds={"polars"},
-    check_specs=[
-        check_spec("examples_valid", "training_examples", blocking=True, description="Non-empty; no positive appears among its own negatives."),
-    ],
-)  # fmt: skip
+@stage_asset("training", kinds={"polars"},
+             checks=(Check("examples_valid", "Non-empty; no positive appears among its own negatives.", blocking=True),))  # fmt: skip
 def training_examples(
     context: dg.AssetExecutionContext,
     config: TrainingExamplesConfig,
@@ -222,45 +145,35 @@ def training_examples(
     artifact_store: ArtifactStoreResource,
 ):
     """(query, positive, negatives, grades) rows, each keeping mining ranks and scores."""
-    values = effective_config(context, config)
     store = artifact_store.get_store()
     with timed(context) as t:
         queries = _kept(store, synthetic_queries).filter(pl.col("split").is_in(["train", "dev"]))
         examples = build_training_examples(
             queries, store.read_table(corpus), store.read_table(hard_negatives), steering_judgments(store.read_table(relevance_judgments)),
-            positive_grade=values["positive_grade"],
+            positive_grade=config.positive_grade,
         )  # fmt: skip
         ref = store.put_table(examples, "training_examples")
     leaks = examples.filter(pl.col("negative_ids").list.contains(pl.col("positive_id"))).height
     splits = {r["split"]: r["len"] for r in examples.group_by("split").len().sort("split").iter_rows(named=True)}
-    yield publish(
-        context, store, ref, asset="training_examples",
+    yield artifact_output(
+        context, store, ref,
         upstream={"corpus": corpus, "synthetic_queries": synthetic_queries, "relevance_judgments": relevance_judgments,
                   "hard_negatives": hard_negatives},
-        timing=t, rows=examples.height, config=values, extra={"judge": judge_verdict(store, relevance_judgments)},
+        timing=t, rows=examples.height, config=config.model_dump(), extra={"judge": judge_verdict(store, relevance_judgments)},
         metadata={"splits": dg.MetadataValue.json(splits),
                   "mean_negatives": round(float(examples["negative_ids"].list.len().mean() or 0), 2),
                   "preview": dg.MetadataValue.md(markdown_table(examples.select("query", "positive_text", "negative_texts"), 3))},
     )  # fmt: skip
     yield dg.AssetCheckResult(
-        check_name="examples_valid", asset_key="training_examples",
+        check_name="examples_valid",
         passed=splits.get("train", 0) > 0 and leaks == 0, metadata={"rows": examples.height, "positive_in_negatives": leaks},
     )  # fmt: skip
 
 
-@dg.asset(
-    partitions_def=dataset_partitions,
-    group_name="training",
-    owners=asset_owners(),
-    tags=asset_tags("training"),
-    io_manager_key="artifact_io",
-    code_version=CODE_VERSION,
-    pool=GPU_POOL,
-    kinds={"pytorch", "safetensors"},
-    check_specs=[
-        check_spec("training_loss_finite", "fine_tuned_encoder", blocking=True, description="Every logged loss is finite (a NaN/inf model never reaches the index)."),
-        check_spec("training_loss_decreasing", "fine_tuned_encoder", description="Smoothed loss falls over training (checked from 50 steps on; per-batch loss is noise before)."),
-    ],
+@stage_asset(
+    "training", pool=GPU_POOL, kinds={"pytorch", "safetensors"},
+    checks=(Check("training_loss_finite", "Every logged loss is finite (a NaN/inf model never reaches the index).", blocking=True),
+            Check("training_loss_decreasing", "Smoothed loss falls over training (checked from 50 steps on; per-batch loss is noise before).")),
 )  # fmt: skip
 def fine_tuned_encoder(
     context: dg.AssetExecutionContext,
@@ -270,26 +183,24 @@ def fine_tuned_encoder(
     encoder: EncoderResource,
 ):
     """The base encoder fine-tuned on the training examples; a sentence-transformers folder (safetensors)."""
-    spec = dataset_spec(context)
-    values = effective_config(context, config)
     store = artifact_store.get_store()
     examples = store.read_table(training_examples)
     # A judge that failed its self-check must not steer the loss: its grades would be noise.
     judge = judge_verdict(store, training_examples)
-    trained = {k: v for k, v in values.items() if k != "budget"}
-    if not judge["used"] and "graded" in trained["loss"]:
-        context.log.warning(f"judge not used (self-check ROC AUC {judge['auc']}): loss {trained['loss']!r} -> 'infonce'")
-        trained["loss"] = "infonce"
-    tc = dataclasses.replace(TrainingConfig(), **trained)
+    loss = config.loss
+    if not judge["used"] and "graded" in loss:
+        context.log.warning(f"judge not used (self-check ROC AUC {judge['auc']}): loss {loss!r} -> 'infonce'")
+        loss = "infonce"
+    tc = config.to_domain(loss=loss)
     with timed(context) as t:
-        base = encoder.load()
+        base = encoder.load(artifact_store)
         # The work folder is keyed by everything that determines the result, so a resumed run
         # continues from its own checkpoints and never from another configuration's.
-        run_key = hash_json({"examples": training_examples.hash, "base": base.weights_hash, "config": dataclasses.asdict(tc)})[:16]
-        out_dir = artifact_store.scratch("training", spec.name, run_key)
-        result = train_encoder(base.path, examples, out_dir, tc, progress=log_progress(context), resume=True)
-        card_facts = training_card_facts(store, training_examples, examples, base_model=base.name, base_weights_hash=base.weights_hash,
-                                         dataset=spec.name, config=tc, result=result)  # fmt: skip
+        run_key = hash_json({"examples": training_examples.hash, "base": base.encoder.weights_hash, "config": dataclasses.asdict(tc)})[:16]
+        out_dir = artifact_store.scratch("training", context.partition_key, run_key)
+        result = train_encoder(base.encoder.path, examples, out_dir, tc, progress=log_progress(context), resume=True)
+        card_facts = training_card_facts(store, training_examples, examples, base_model=base.name, base_weights_hash=base.encoder.weights_hash,
+                                         dataset=context.partition_key, config=tc, result=result)  # fmt: skip
         card = write_model_card(result.model_dir, card_facts)
         ref = store.put_folder(result.model_dir, "fine_tuned_encoder")
     losses = [h["loss"] for h in result.history]
@@ -308,11 +219,10 @@ def fine_tuned_encoder(
     # the publication guard tested: recorded so ablations can check it against human judgments.
     last_dev = result.dev_metrics[-1] if result.dev_metrics else {}
     training.update({"dev_gain": last_dev.get("gain"), "dev_gain_z": last_dev.get("gain_z")})
-    yield publish(
-        context, store, ref, asset="fine_tuned_encoder", upstream={"training_examples": training_examples}, timing=t,
-        rows=int(examples.height), config={**dataclasses.asdict(tc), "budget": values.get("budget")},  # resolved, shown once
-        models={"base_encoder": base.record(),
-                "fine_tuned_encoder": {"id": "fine_tuned_encoder", "weights_hash": ref.hash, "precision": result.precision}},
+    yield artifact_output(
+        context, store, ref, upstream={"training_examples": training_examples}, timing=t,
+        rows=int(examples.height), config={**dataclasses.asdict(tc), "budget": config.budget},  # resolved, shown once
+        models={"base_encoder": base.record(), "fine_tuned_encoder": artifact_model("fine_tuned_encoder", ref, precision=result.precision)},
         seeds={"seed": tc.seed},
         extra={"training": training, "model_card": card_facts, "judge": judge},  # the card's facts: `retriever-forge model-card` re-renders it with scores
         metadata={
@@ -326,11 +236,11 @@ def fine_tuned_encoder(
         },
     )  # fmt: skip
     yield dg.AssetCheckResult(
-        check_name="training_loss_finite", asset_key="fine_tuned_encoder", passed=finite and bool(losses),
+        check_name="training_loss_finite", passed=finite and bool(losses),
         metadata={"steps": len(losses), "finite": finite},
     )  # fmt: skip
     yield dg.AssetCheckResult(
-        check_name="training_loss_decreasing", asset_key="fine_tuned_encoder", passed=trend["decreasing"],
+        check_name="training_loss_decreasing", passed=trend["decreasing"],
         severity=dg.AssetCheckSeverity.WARN, metadata={k: v for k, v in trend.items() if v is not None},
     )  # fmt: skip
 

@@ -8,13 +8,21 @@ plain domain modules they construct.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from retriever_forge.artifacts import ArtifactRef, ArtifactStore
 from retriever_forge.datasets import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    import numpy as np
+    import polars as pl
+
+    from retriever_forge.encoding import Encoder
 
 DEFAULT_HOME = os.environ.get("RETRIEVER_FORGE_HOME", str(PROJECT_ROOT / ".forge"))
 # Scratch space is always on a local disk: beside a local store, else in the user's cache folder.
@@ -96,6 +104,10 @@ class LLMResource(dg.ConfigurableResource):
             **{k: v for k, v in kwargs.items() if v is not None},
         )
 
+    def record(self, model) -> dict:
+        """The provenance record of a model :meth:`build` returned: its id, weights hash, backend and numerics."""
+        return {"id": model.model_id, "weights_hash": model.weights_hash, "backend": self.backend, "numerics": model.numerics}
+
 
 class EncoderResource(dg.ConfigurableResource):
     """The base dense encoder: a sentence-transformers model id or local folder."""
@@ -105,10 +117,50 @@ class EncoderResource(dg.ConfigurableResource):
     batch_size: int = Field(default=64, description="Texts per encoding batch.")
     max_seq_length: int = Field(default=256, description="Tokens per text.")
 
-    def load(self, name_or_path: str | None = None):
+    def load(self, artifact_store: ArtifactStoreResource, name_or_path: str | None = None) -> LoadedEncoder:
+        """The base encoder (or the one at ``name_or_path``), encoding with this resource's batch
+        size and caching corpus embeddings in ``artifact_store``'s work dir."""
         from retriever_forge.encoding import load_encoder
 
-        return load_encoder(name_or_path or self.model, device=self.device, max_seq_length=self.max_seq_length)
+        encoder = load_encoder(name_or_path or self.model, device=self.device, max_seq_length=self.max_seq_length)
+        return LoadedEncoder(encoder, artifact_store.scratch("embeddings"), self.batch_size)
+
+
+@dataclass
+class LoadedEncoder:
+    """An encoder as the assets use it: the corpus embedded once per encoder (cached on disk),
+    queries and other texts embedded fresh, and the provenance record of its weights."""
+
+    encoder: Encoder
+    cache_dir: Path
+    batch_size: int
+
+    @property
+    def name(self) -> str:
+        return self.encoder.name
+
+    def encode_corpus(self, corpus: pl.DataFrame) -> np.ndarray:
+        """The corpus table's passages (``title: text``) in row order; a read-only memmap of the cache."""
+        from retriever_forge.encoding import corpus_embeddings
+
+        return corpus_embeddings(self.encoder, corpus, self.cache_dir, self.batch_size)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts as they are (synthetic queries for the round trip, the judge's candidates and mining); not cached."""
+        from retriever_forge.encoding import encode
+
+        return encode(self.encoder, texts, batch_size=self.batch_size)
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        """Search queries with the model's query prompt (:func:`retriever_forge.encoding.encode_queries`),
+        at that function's own batch size, as the index and the benchmark always encoded them."""
+        from retriever_forge.encoding import encode_queries
+
+        return encode_queries(self.encoder, queries)
+
+    def record(self) -> dict:
+        """The provenance record of the weights (:meth:`retriever_forge.encoding.Encoder.record`)."""
+        return self.encoder.record()
 
 
 class ArtifactRefIOManager(dg.IOManager):
