@@ -56,7 +56,10 @@ ROWS: dict[str, dict] = {
     "smollm2 base causal": {"model": "smollm2", "train": False, "cfg": {**_DECODER}},
     "smollm2 base bidirectional": {"model": "smollm2", "train": False, "cfg": {**_DECODER, "bidirectional": True}},
     "smollm2 LoRA causal": {"model": "smollm2", "cfg": {**_DECODER, "adapter": "lora", "learning_rate": ADAPTER_LR}},
-    "smollm2 LoRA bidirectional": {"model": "smollm2", "cfg": {**_DECODER, "adapter": "lora", "learning_rate": ADAPTER_LR, "bidirectional": True}},
+    "smollm2 LoRA bidirectional": {
+        "model": "smollm2",
+        "cfg": {**_DECODER, "adapter": "lora", "learning_rate": ADAPTER_LR, "bidirectional": True},
+    },
 }
 
 
@@ -192,7 +195,9 @@ def table(rows: list[dict]) -> str:
         params = f"{r['trainable_parameters']:,}" if r.get("trainable_parameters") else f"— (of {r.get('total_parameters', 0):,})"
         loss = f"{r['first_loss']:.3f} → {r['last_loss']:.3f}" if r.get("first_loss") is not None else ""
         step = f"{r['step_seconds']:.2f}" if r.get("step_seconds") else ""
-        lines.append(f"| {r['row']} | {params} | {r['ndcg_cut_10']:.4f} | {r['recall_100']:.4f} | {step} | {r['peak_rss_gb']:.1f} | {loss} |")
+        lines.append(
+            f"| {r['row']} | {params} | {r['ndcg_cut_10']:.4f} | {r['recall_100']:.4f} | {step} | {r['peak_rss_gb']:.1f} | {loss} |"
+        )
     return "\n".join(lines)
 
 

@@ -87,7 +87,10 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
     ids, texts, doc_ids = queries["query_id"].to_list(), queries["text"].to_list(), corpus["doc_id"].to_list()
     bm25 = bm25_run(corpus, queries, k=depth)
     rows = []
-    for system, model in (("rrf-base", None), ("rrf-fine-tuned", str(store.local_path(store.read_pointer("fine_tuned_encoder", partition))))):
+    for system, model in (
+        ("rrf-base", None),
+        ("rrf-fine-tuned", str(store.local_path(store.read_pointer("fine_tuned_encoder", partition)))),
+    ):
         started = time.perf_counter()
         enc = resource.load(model)
         emb = np.asarray(corpus_embeddings(enc, corpus, scratch, resource.batch_size))
@@ -104,10 +107,18 @@ def main() -> int:
     parser.add_argument("--home", help="artifact store / cache folder (default .forge-bench/<name>)")
     parser.add_argument("--config", help="base run-config YAML (e.g. configs/cacm.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="ASSET.FIELD=VALUE", help="config override (YAML value)")
-    parser.add_argument("--budget", choices=["quick", "standard", "thorough"], default=None,
-                        help="budget preset (default standard; retriever_forge/budget.py)")
-    parser.add_argument("--on-bad-rows", choices=["error", "quarantine"], default="error",
-                        help="the dataset's policy for bad corpus/query rows (judgments naming a missing passage are always set aside)")
+    parser.add_argument(
+        "--budget",
+        choices=["quick", "standard", "thorough"],
+        default=None,
+        help="budget preset (default standard; retriever_forge/budget.py)",
+    )
+    parser.add_argument(
+        "--on-bad-rows",
+        choices=["error", "quarantine"],
+        default="error",
+        help="the dataset's policy for bad corpus/query rows (judgments naming a missing passage are always set aside)",
+    )
     parser.add_argument("--label", default="", help="label added to each JSON line (for ablations)")
     args = parser.parse_args()
 
@@ -119,7 +130,9 @@ def main() -> int:
     home = Path(args.home or Path(".forge-bench") / name).resolve()
     home.mkdir(parents=True, exist_ok=True)
     registry = Path(tempfile.mkdtemp()) / "datasets.yaml"
-    registry.write_text(yaml.safe_dump({"datasets": {name: {"source": "beir", "path": str(folder), "split": args.split, "on_bad_rows": args.on_bad_rows}}}))
+    registry.write_text(
+        yaml.safe_dump({"datasets": {name: {"source": "beir", "path": str(folder), "split": args.split, "on_bad_rows": args.on_bad_rows}}})
+    )
     # Both must be set before retriever_forge is imported: they fix the partitions and the store.
     os.environ["RETRIEVER_FORGE_DATASETS"] = str(registry)
     os.environ["RETRIEVER_FORGE_HOME"] = str(home)

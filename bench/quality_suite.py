@@ -63,7 +63,15 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {}
     for folder in args.folders:
         name = Path(folder).resolve().name
-        cmd = [sys.executable, str(HERE / "quality.py"), folder, "--home", str(Path(args.home_root) / name), "--on-bad-rows", args.on_bad_rows]
+        cmd = [
+            sys.executable,
+            str(HERE / "quality.py"),
+            folder,
+            "--home",
+            str(Path(args.home_root) / name),
+            "--on-bad-rows",
+            args.on_bad_rows,
+        ]
         cmd += ["--config", args.config] if args.config else []
         cmd += ["--budget", args.budget] if args.budget else []
         for item in args.set:

@@ -187,7 +187,9 @@ def _budget(requested: float, lora_total: int, target_total: int) -> int:
     return int(requested)
 
 
-def spt_sensitivity(st_model, linears: dict[str, nn.Linear], loss_of_batch: Callable[[int], torch.Tensor], n_batches: int) -> dict[str, torch.Tensor]:
+def spt_sensitivity(
+    st_model, linears: dict[str, nn.Linear], loss_of_batch: Callable[[int], torch.Tensor], n_batches: int
+) -> dict[str, torch.Tensor]:
     """``sum over batches |dL/dw * w|`` for every weight of ``linears`` (SPT's first-order Taylor
     estimate of how much the loss changes if that weight moves), on the model as loaded."""
     scores = {name: torch.zeros_like(m.weight, dtype=torch.float32) for name, m in linears.items()}

@@ -249,7 +249,7 @@ class ArtifactStore:
         fails on S3: it tries to copy the folder's own key, which an object store does not have.)
         """
         for src in self.fs.find(tmp):
-            self.fs.copy(src, final + src[len(tmp):])
+            self.fs.copy(src, final + src[len(tmp) :])
         self.fs.pipe_file(_complete_marker(final), b"")
         self.fs.rm(tmp, recursive=True)
 

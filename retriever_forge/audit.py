@@ -187,7 +187,9 @@ def samples(store: ArtifactStore, graph: dict[str, dict], n: int = SAMPLE_ROWS) 
         means = judged.group_by("pair_type").agg(pl.col("expected_grade").mean().round(3)).sort("pair_type")
         counts = {f"{r['pair_type']} grade {r['grade']}": r["len"] for r in dist.iter_rows(named=True)}
         counts.update({f"{r['pair_type']} mean expected grade": r["expected_grade"] for r in means.iter_rows(named=True)})
-        picked = pl.concat([judged.filter(pl.col("pair_type") == "source").head(n), judged.filter(pl.col("pair_type") == "candidate").head(n)])
+        picked = pl.concat(
+            [judged.filter(pl.col("pair_type") == "source").head(n), judged.filter(pl.col("pair_type") == "candidate").head(n)]
+        )
         out["relevance_judgments"] = {
             "title": "Judged pairs: grades and their distribution",
             "counts": counts,
@@ -310,8 +312,8 @@ def build_audit(
         "artifacts": artifacts,
         "samples": samples(store, graph, sample_rows),
         "checks": checks,
-        "checks_note": checks_note or ("no Dagster instance was reachable: asset check results are not shown"
-                                       if check_results is None else None),  # fmt: skip
+        "checks_note": checks_note
+        or ("no Dagster instance was reachable: asset check results are not shown" if check_results is None else None),  # fmt: skip
         "scoreboard": board,
     }
 
@@ -396,7 +398,7 @@ def lineage_svg(artifacts: list[dict], target_hash: str) -> str:
         fill, stroke = ("#e9f6ed", "#3a9a5b") if ok else ("#fde3e3", "#c62828")
         width_px = 3 if a["hash"] == target_hash else 1.5
         mark = "✔ verified" if ok else "✘ HASH MISMATCH"
-        rows_text = "" if a["rows"] is None else f' · {a["rows"]} rows'
+        rows_text = "" if a["rows"] is None else f" · {a['rows']} rows"
         parts.append(
             f'<a href="#a-{a["hash"][:16]}"><g><title>{_e(a["asset"])} {a["hash"]}</title>'
             f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="7" fill="{fill}" stroke="{stroke}" stroke-width="{width_px}"/>'
@@ -467,8 +469,11 @@ def _artifact_html(a: dict) -> str:
         ("rows", _e(a["rows"])),
         ("run id", f"<code>{_e(a['run_id'])}</code>"),
         ("started / finished", f"{_e(a['started_at'])} → {_e(a['finished_at'])}"),
-        ("who / where", (f"{_e(op.get('user') or 'unknown user')} on {_e(op.get('host') or 'unknown host')}" if op else "not recorded")
-         + f" ({_e(machine)})"),
+        (
+            "who / where",
+            (f"{_e(op.get('user') or 'unknown user')} on {_e(op.get('host') or 'unknown host')}" if op else "not recorded")
+            + f" ({_e(machine)})",
+        ),
         ("code version / git", f"<code>{_e(a['code_version'])}</code> / <code>{_e(a['git_commit'])}</code>"),
     ]
     if a["seeds"]:
@@ -491,13 +496,17 @@ def _artifact_html(a: dict) -> str:
         changed = sum(r["changed"] for r in a["config"])
         rows = "".join(
             f'<tr class="{"changed" if r["changed"] else ""}"><td><code>{_e(r["key"])}</code>{"<span class=tag>changed</span>" if r["changed"] else ""}</td>'
-            f'<td><code>{_e(json.dumps(r["value"], default=str))}</code></td><td><code>{_e(json.dumps(r["default"], default=str) if r["known"] else "—")}</code></td></tr>'
+            f"<td><code>{_e(json.dumps(r['value'], default=str))}</code></td><td><code>{_e(json.dumps(r['default'], default=str) if r['known'] else '—')}</code></td></tr>"
             for r in a["config"]
         )
         out.append(f"<details{' open' if changed else ''}><summary>Config ({len(a['config'])} keys, {changed} differ from the defaults)</summary>"
                    f"<table><tr><th>key</th><th>value</th><th>default</th></tr>{rows}</table></details>")  # fmt: skip
     if a["packages"]:
-        out.append("<details><summary>Package versions</summary>" + _table([{"package": k, "version": x} for k, x in a["packages"].items()]) + "</details>")
+        out.append(
+            "<details><summary>Package versions</summary>"
+            + _table([{"package": k, "version": x} for k, x in a["packages"].items()])
+            + "</details>"
+        )
     out.append("</div>")
     return "".join(out)
 
@@ -506,7 +515,13 @@ def _check_row(c: dict) -> dict:
     passed = c.get("passed")
     status = "passed" if passed else ("WARNING" if str(c.get("severity")) == "WARN" else "FAILED")
     metadata = {k: (_snippet(v, 160) if isinstance(v, str) else v) for k, v in (c.get("metadata") or {}).items()}
-    return {"status": status, "asset": c.get("asset"), "check": c.get("check_name"), "run": (c.get("run_id") or "")[:8], "metadata": metadata}
+    return {
+        "status": status,
+        "asset": c.get("asset"),
+        "check": c.get("check_name"),
+        "run": (c.get("run_id") or "")[:8],
+        "metadata": metadata,
+    }
 
 
 def audit_html(report: dict) -> str:
@@ -526,9 +541,12 @@ def audit_html(report: dict) -> str:
         f"<h1>Audit of {_e(t['asset'])} <span class='sub'>[{_e(t['partition'])}]</span></h1>",
         f"<p class='sub'>artifact <code>{t['hash']}</code> · store <code>{_e(report['store'])}</code></p>",
         banner,
-        "<h2>Lineage</h2><div class='graph'>", lineage_svg(arts, t["hash"]), "</div>",
+        "<h2>Lineage</h2><div class='graph'>",
+        lineage_svg(arts, t["hash"]),
+        "</div>",
         f"<details><summary>As a tree ({len(arts)} artifacts; an artifact used twice is listed once, then “see above”)</summary>",
-        _tree_html(arts, t["hash"]), "</details>",
+        _tree_html(arts, t["hash"]),
+        "</details>",
     ]
     if report["scoreboard"]:
         parts += ["<h2>Scoreboard</h2>", _table(report["scoreboard"])]
@@ -542,7 +560,11 @@ def audit_html(report: dict) -> str:
             f"<td>{_e(r['check'])}</td><td class='nowrap'><code>{_e(r['run'])}</code></td><td><code>{_e(json.dumps(r['metadata'], default=str))}</code></td></tr>"
             for r in rows
         )
-        parts.append(f"<table><tr><th>status</th><th>asset</th><th>check</th><th>run</th><th>metadata</th></tr>{body}</table>" if rows else "<p><i>no check results recorded for these runs</i></p>")
+        parts.append(
+            f"<table><tr><th>status</th><th>asset</th><th>check</th><th>run</th><th>metadata</th></tr>{body}</table>"
+            if rows
+            else "<p><i>no check results recorded for these runs</i></p>"
+        )
     parts.append("<h2>Samples</h2>")
     for s in report["samples"].values():
         counts = "".join(f"<span>{_e(k)}: <b>{_e(v)}</b></span>" for k, v in s["counts"].items())
@@ -570,7 +592,9 @@ def _md_table(rows: list[dict]) -> list[str]:
     if not rows:
         return ["_none_"]
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(_md_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + [
+        "| " + " | ".join(_md_cell(r.get(c)) for c in cols) + " |" for r in rows
+    ]
 
 
 def audit_markdown(report: dict) -> str:
@@ -582,7 +606,10 @@ def audit_markdown(report: dict) -> str:
         out.append(f"**All {len(arts)} artifacts re-hashed to their recorded content hashes.**")
     else:
         out.append(f"**VERIFICATION FAILED for {len(report['failures'])} artifact(s):**")
-        out += [f"- {f['asset']} `{f['hash'][:16]}`: " + "; ".join(f"{p['issue']} `{p['file']}`" for p in f["problems"]) for f in report["failures"]]
+        out += [
+            f"- {f['asset']} `{f['hash'][:16]}`: " + "; ".join(f"{p['issue']} `{p['file']}`" for p in f["problems"])
+            for f in report["failures"]
+        ]
     out += ["", "## Lineage", "", "```mermaid", "graph LR"]
     for a in arts:
         mark = "ok" if a["verified"]["ok"] else "MISMATCH"
@@ -618,6 +645,9 @@ def audit_markdown(report: dict) -> str:
         changed = [r for r in a["config"] if r["changed"]]
         if a["config"]:
             out.append(f"- config: {len(a['config'])} keys, {len(changed)} differ from the defaults" + (":" if changed else ""))
-            out += [f"  - `{r['key']}` = {json.dumps(r['value'], default=str)} (default {json.dumps(r['default'], default=str)})" for r in changed]
+            out += [
+                f"  - `{r['key']}` = {json.dumps(r['value'], default=str)} (default {json.dumps(r['default'], default=str)})"
+                for r in changed
+            ]
         out.append("")
     return "\n".join(out)

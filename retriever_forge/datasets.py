@@ -396,9 +396,7 @@ def read_corpus(path: Path, spec: DatasetSpec | None = None) -> tuple[pl.DataFra
         for col in (id_f, text_f):
             if col not in df.columns:
                 raise DatasetError(f"{path}: no column {col!r} (columns: {df.columns})")
-        rows = [
-            (i + 2, {id_f: r[id_f], title_f: r.get(title_f), text_f: r[text_f]}) for i, r in enumerate(df.iter_rows(named=True))
-        ]
+        rows = [(i + 2, {id_f: r[id_f], title_f: r.get(title_f), text_f: r[text_f]}) for i, r in enumerate(df.iter_rows(named=True))]
     else:
         rows = _read_jsonl(path, strict)
     ids, titles, texts = [], [], []
@@ -512,7 +510,9 @@ def _check_qrels(
         quarantine.append({"table": "qrels", "file": str(path), "line": None, "doc_id": d, "reason": f"judgment names unknown query {q!r}"})
     known_q = qrels.filter(pl.col("query_id").is_in(queries["query_id"].implode()))
     for q, d in known_q.filter(~pl.col("doc_id").is_in(corpus["doc_id"].implode())).select("query_id", "doc_id").iter_rows():
-        set_aside.append({"table": "qrels", "file": str(path), "line": None, "doc_id": d, "reason": f"judgment for query {q!r} names unknown document"})
+        set_aside.append(
+            {"table": "qrels", "file": str(path), "line": None, "doc_id": d, "reason": f"judgment for query {q!r} names unknown document"}
+        )
     return known_q.filter(pl.col("doc_id").is_in(corpus["doc_id"].implode()))
 
 

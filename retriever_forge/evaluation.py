@@ -155,6 +155,7 @@ def _mark(comparison: dict | None) -> str:
 
 def scoreboard_markdown(rows: list[dict], judgments: str, notes: list[str] | None = None) -> str:
     """The aggregate table shown in the UI and printed at the end of a run, significance marked."""
+
     def name(r: dict) -> str:  # a fine-tuned model that kept the base weights says so in its row
         return f"{r['system']} (= base weights)" if r.get("kept_base_weights") and r["system"] == "fine-tuned" else r["system"]
 

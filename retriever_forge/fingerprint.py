@@ -111,8 +111,7 @@ def _check_ir_datasets_cached(spec: DatasetSpec) -> None:
             next(iter(ds.docs_iter()))
     except Exception as e:  # noqa: BLE001 - any download failure means: not available here
         raise DatasetError(
-            f"dataset {spec.name!r}: ir_datasets id {spec.id!r} is not in the local cache and could not be "
-            f"downloaded ({type(e).__name__})"
+            f"dataset {spec.name!r}: ir_datasets id {spec.id!r} is not in the local cache and could not be downloaded ({type(e).__name__})"
         ) from e
 
 

@@ -66,7 +66,14 @@ class JudgingConfig:
 
 CALIBRATION_TYPES = ("calibration_source", "calibration_random")
 # A (query, passage) pair to judge: its pair type and, for a retrieved candidate, its dense rank (else 0).
-PAIRS = {"query_id": pl.String, "query": pl.String, "doc_id": pl.String, "passage": pl.String, "pair_type": pl.String, "retrieval_rank": pl.Int64}
+PAIRS = {
+    "query_id": pl.String,
+    "query": pl.String,
+    "doc_id": pl.String,
+    "passage": pl.String,
+    "pair_type": pl.String,
+    "retrieval_rank": pl.Int64,
+}
 
 
 def roc_auc(positive: list[float], negative: list[float]) -> float | None:
@@ -107,7 +114,9 @@ def calibration_pairs(queries: pl.DataFrame, corpus: pl.DataFrame, n: int, seed:
     return pl.DataFrame(rows, orient="row", schema=PAIRS)
 
 
-def judgment_pairs(queries: pl.DataFrame, corpus: pl.DataFrame, corpus_emb: np.ndarray, query_emb: np.ndarray, cfg: JudgingConfig) -> pl.DataFrame:
+def judgment_pairs(
+    queries: pl.DataFrame, corpus: pl.DataFrame, corpus_emb: np.ndarray, query_emb: np.ndarray, cfg: JudgingConfig
+) -> pl.DataFrame:
     """Each query's source pair plus the base retriever's candidates in the configured rank window.
 
     Args:

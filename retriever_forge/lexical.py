@@ -62,8 +62,7 @@ class BM25Index:
             return [{} for _ in query_texts]
         idx, scores = self.retriever.retrieve(tokenize(query_texts), k=k, show_progress=False)
         return [
-            {self.doc_ids[int(j)]: float(s) for j, s in zip(row, srow, strict=True) if s > 0}
-            for row, srow in zip(idx, scores, strict=True)
+            {self.doc_ids[int(j)]: float(s) for j, s in zip(row, srow, strict=True) if s > 0} for row, srow in zip(idx, scores, strict=True)
         ]
 
 

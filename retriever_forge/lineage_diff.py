@@ -92,7 +92,14 @@ def recipe_changes(ma: dict, mb: dict, lineage_hashes: set[str]) -> list[dict]:
             continue
         if not a or not b:  # a role used by one run only (the judge passed its self-check in one): data decided it, not the user
             used = b or a
-            changes.append({"kind": "model_use", "role": role, "used_in": "B" if b else "A", "model": {"id": used.get("id"), "weights_hash": used.get("weights_hash")}})
+            changes.append(
+                {
+                    "kind": "model_use",
+                    "role": role,
+                    "used_in": "B" if b else "A",
+                    "model": {"id": used.get("id"), "weights_hash": used.get("weights_hash")},
+                }
+            )
             continue
         if (a.get("id"), a.get("weights_hash")) != (b.get("id"), b.get("weights_hash")):
             changes.append({"kind": "model", "role": role, "old": {"id": a.get("id"), "weights_hash": a.get("weights_hash")},
@@ -253,7 +260,13 @@ def diff_text(result: dict) -> str:
     if result["consequences"]:
         lines += ["", "Changed only because an input changed: " + ", ".join(d["asset"] for d in result["consequences"])]
     if result["score_deltas"]:
-        lines += ["", "Score deltas (B − A, mean over the queries both scored):", "  system       measure        A        B        Δ   better/worse"]
+        lines += [
+            "",
+            "Score deltas (B − A, mean over the queries both scored):",
+            "  system       measure        A        B        Δ   better/worse",
+        ]
         for r in result["score_deltas"]:
-            lines.append(f"  {r['system']:<12} {r['measure']:<12} {r['a']:>8.4f} {r['b']:>8.4f} {r['delta']:>+8.4f}   {r['queries_better']}/{r['queries_worse']} of {r['queries']}")
+            lines.append(
+                f"  {r['system']:<12} {r['measure']:<12} {r['a']:>8.4f} {r['b']:>8.4f} {r['delta']:>+8.4f}   {r['queries_better']}/{r['queries_worse']} of {r['queries']}"
+            )
     return "\n".join(lines)

@@ -73,7 +73,9 @@ def _fmt(v) -> str:
 
 def _table(rows: list[dict]) -> list[str]:
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + [
+        "| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows
+    ]
 
 
 def render_model_card(facts: dict) -> str:
@@ -93,8 +95,16 @@ def render_model_card(facts: dict) -> str:
         **({"base_model": hub_model_id(base)} if hub_model_id(base) else {}),
         "library_name": "sentence-transformers",
         "pipeline_tag": "sentence-similarity",
-        "tags": ["sentence-transformers", "sentence-similarity", "feature-extraction", "dense-retrieval",
-                 "retriever-forge", "synthetic-queries", "llm-judged", f"loss:{facts.get('loss') or 'infonce'}"],  # fmt: skip
+        "tags": [
+            "sentence-transformers",
+            "sentence-similarity",
+            "feature-extraction",
+            "dense-retrieval",
+            "retriever-forge",
+            "synthetic-queries",
+            "llm-judged",
+            f"loss:{facts.get('loss') or 'infonce'}",
+        ],  # fmt: skip
         "datasets": [dataset],
     }
     out = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
@@ -164,8 +174,9 @@ def render_model_card(facts: dict) -> str:
     return "\n".join(out)
 
 
-def training_card_facts(store: ArtifactStore, training_examples: ArtifactRef, examples, *, base_model: str, base_weights_hash: str,
-                        dataset: str, config, result) -> dict:
+def training_card_facts(
+    store: ArtifactStore, training_examples: ArtifactRef, examples, *, base_model: str, base_weights_hash: str, dataset: str, config, result
+) -> dict:
     """The card's facts for a just-trained model (``config``: a TrainingConfig, ``result``: its
     TrainingResult, ``examples``: the training table). Deterministic for identical training."""
     from dataclasses import asdict

@@ -197,7 +197,8 @@ def _schema_facet(store: ArtifactStore, ref: ArtifactRef) -> schema_dataset.Sche
     except (OSError, pl.exceptions.PolarsError):  # unreadable: verification reports it; the event goes without schema
         return None
     return schema_dataset.SchemaDatasetFacet(
-        fields=[schema_dataset.SchemaDatasetFacetFields(name=n, type=str(t)) for n, t in schema.items()], producer=PRODUCER)
+        fields=[schema_dataset.SchemaDatasetFacetFields(name=n, type=str(t)) for n, t in schema.items()], producer=PRODUCER
+    )
 
 
 def _size(store: ArtifactStore, ref: ArtifactRef) -> int | None:
@@ -230,7 +231,8 @@ def output_dataset(store: ArtifactStore, ref: ArtifactRef, manifest: dict, check
     if quality is not None:
         facets["dataQualityAssertions"] = quality
     stats = output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
-        rowCount=manifest.get("rows"), size=_size(store, ref), fileCount=len(manifest.get("files") or {}) or 1, producer=PRODUCER)
+        rowCount=manifest.get("rows"), size=_size(store, ref), fileCount=len(manifest.get("files") or {}) or 1, producer=PRODUCER
+    )
     return OutputDataset(namespace=store_namespace(store.root), name=_dataset_name(manifest["asset"], manifest.get("partition")),
                          facets=facets, outputFacets={"outputStatistics": stats})  # fmt: skip
 
@@ -278,7 +280,8 @@ def fail_event(store_root: str, asset: str, partition: str | None, dagster_run_i
     """The FAIL of one materialization, with the error message (and stack trace when given)."""
     facets = _run_facets({}, dagster_run_id)
     facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
-        message=str(error)[:4000] or type(error).__name__, programmingLanguage="python", stackTrace=stack_trace, producer=PRODUCER)
+        message=str(error)[:4000] or type(error).__name__, programmingLanguage="python", stackTrace=stack_trace, producer=PRODUCER
+    )
     return RunEvent(
         eventType=RunState.FAIL, eventTime=_time(None), producer=PRODUCER,
         run=Run(runId=openlineage_run_id(dagster_run_id, asset, partition), facets=facets), job=_job(asset),

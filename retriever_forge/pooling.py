@@ -64,7 +64,13 @@ class _SavedModule(Module):
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", token=None, cache_folder=None, revision=None,
              local_files_only: bool = False, **kwargs):  # fmt: skip
-        hub = {"subfolder": subfolder, "token": token, "cache_folder": cache_folder, "revision": revision, "local_files_only": local_files_only}
+        hub = {
+            "subfolder": subfolder,
+            "token": token,
+            "cache_folder": cache_folder,
+            "revision": revision,
+            "local_files_only": local_files_only,
+        }
         module = cls(**cls.load_config(model_name_or_path=model_name_or_path, **hub))
         cls.load_torch_weights(model_name_or_path, model=module, **hub)
         return module

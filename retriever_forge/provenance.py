@@ -59,10 +59,10 @@ def code_version() -> str:
 @functools.cache
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=_PKG_DIR, capture_output=True, text=True, timeout=5, check=True
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PKG_DIR, capture_output=True, text=True, timeout=5, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", str(_PKG_DIR)], cwd=_PKG_DIR, capture_output=True, text=True, timeout=5
         )
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", str(_PKG_DIR)], cwd=_PKG_DIR, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None

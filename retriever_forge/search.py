@@ -74,10 +74,7 @@ def exact_search(queries: np.ndarray, corpus: np.ndarray, k: int, chunk_size: in
 
 def hits_to_run(scores: np.ndarray, idx: np.ndarray, query_ids: list[str], doc_ids: list[str]) -> Run:
     """A ``{query_id: {doc_id: score}}`` run from FAISS results (rows of -1 ids are padding)."""
-    return {
-        qid: {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], scores[i], strict=True) if j >= 0}
-        for i, qid in enumerate(query_ids)
-    }
+    return {qid: {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], scores[i], strict=True) if j >= 0} for i, qid in enumerate(query_ids)}
 
 
 def dense_run(query_embeddings: np.ndarray, corpus, query_ids: list[str], doc_ids: list[str], k: int = 100) -> Run:

@@ -64,7 +64,9 @@ def search(home: str | os.PathLike, dataset: str, query: str, system: str = "fin
         try:
             refs[asset] = read_pointer(home, asset, dataset)
         except KeyError:
-            raise MissingArtifact(f"no {asset} for dataset {dataset!r} in {home}: run `retriever-forge run --dataset {dataset}` first") from None
+            raise MissingArtifact(
+                f"no {asset} for dataset {dataset!r} in {home}: run `retriever-forge run --dataset {dataset}` first"
+            ) from None
     store = ArtifactStore(home)
     corpus = store.read_table(refs["corpus"])
     queries = pl.DataFrame({"query_id": ["q"], "text": [query]})
@@ -98,4 +100,3 @@ def format_hits(hits: list[Hit]) -> str:
     if not hits:
         return "no results"
     return "\n".join(f"{h.rank:>3}. {h.doc_id}  {h.score:.4f}  {h.title}\n     {h.snippet}" for h in hits)
-

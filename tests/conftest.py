@@ -15,7 +15,11 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 TINY_CORPUS = [
     {"_id": "d1", "title": "Sorting", "text": "Quicksort partitions an array around a pivot and sorts the parts recursively."},
     {"_id": "d2", "title": "Hashing", "text": "A hash table maps keys to buckets with a hash function for constant time lookup."},
-    {"_id": "d3", "title": "Graphs", "text": "Dijkstra's algorithm finds shortest paths from a source in graphs with non-negative weights."},
+    {
+        "_id": "d3",
+        "title": "Graphs",
+        "text": "Dijkstra's algorithm finds shortest paths from a source in graphs with non-negative weights.",
+    },
     {"_id": "d4", "title": "Compilers", "text": "A parser turns a token stream into a syntax tree according to a grammar."},
     {"_id": "d5", "title": "Networks", "text": "TCP provides reliable ordered delivery of a byte stream between hosts."},
     {"_id": "d6", "title": "Databases", "text": "A B-tree index keeps keys sorted and balanced so lookups take logarithmic time."},

@@ -56,8 +56,12 @@ def test_trace_reaches_the_root_and_hashes_match(store):
     corpus = store.put_table(pl.DataFrame({"doc_id": ["a"]}), "corpus")
     store.write_manifest(corpus, build_manifest(corpus, asset="corpus", upstream={}, rows=1))
     queries = store.put_table(pl.DataFrame({"q": ["?"]}), "synthetic_queries")
-    store.write_manifest(queries, build_manifest(queries, asset="synthetic_queries", upstream={"corpus": corpus},
-                                                 prompts={"question": {"id": "queries/x", "hash": "ab" * 32}}))
+    store.write_manifest(
+        queries,
+        build_manifest(
+            queries, asset="synthetic_queries", upstream={"corpus": corpus}, prompts={"question": {"id": "queries/x", "hash": "ab" * 32}}
+        ),
+    )
     scores = store.put_json({"ndcg": 0.5}, "benchmark_scores")
     store.write_manifest(scores, build_manifest(scores, asset="benchmark_scores", upstream={"corpus": corpus, "queries": queries}))
     tree = trace(store, scores.hash[:10])
@@ -151,7 +155,10 @@ def test_pointers_and_scoreboards_live_on_the_store_filesystem(tmp_path, monkeyp
         s.write_manifest(ref, build_manifest(ref, asset="downstream_table", upstream={"upstream_table": upstream_table}))
         return ref
 
-    resources = {"artifact_store": ArtifactStoreResource(root=root, work_dir=str(tmp_path / "work")), "artifact_io": artifact_ref_io_manager}
+    resources = {
+        "artifact_store": ArtifactStoreResource(root=root, work_dir=str(tmp_path / "work")),
+        "artifact_io": artifact_ref_io_manager,
+    }
     assert dg.materialize([upstream_table, downstream_table], partition_key="p1", resources=resources).success
     down = store.read_pointer("downstream_table", "p1")
     assert store.read_table(down)["y"].to_list() == [10, 20]

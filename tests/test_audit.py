@@ -15,7 +15,9 @@ from retriever_forge.provenance import build_manifest
 def lineage(tmp_path):
     """corpus -> synthetic_queries -> model folder (the shapes the real assets write)."""
     store = ArtifactStore(tmp_path / "forge")
-    corpus = store.put_table(pl.DataFrame({"doc_id": ["d1", "d2"], "title": ["", "T"], "text": ["alpha passage", "beta passage"]}), "corpus")
+    corpus = store.put_table(
+        pl.DataFrame({"doc_id": ["d1", "d2"], "title": ["", "T"], "text": ["alpha passage", "beta passage"]}), "corpus"
+    )
     store.write_manifest(corpus, build_manifest(corpus, asset="corpus", upstream={}, partition="tiny", rows=2))
     queries = store.put_table(pl.DataFrame({
         "query_id": ["q1", "q2"], "doc_id": ["d1", "d2"], "text": ["what is alpha", ""], "style": ["question"] * 2,
@@ -31,7 +33,9 @@ def lineage(tmp_path):
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"\0" * 64)
     model = store.put_folder(folder, "fine_tuned_encoder")
-    store.write_manifest(model, build_manifest(model, asset="fine_tuned_encoder", upstream={"synthetic_queries": queries}, partition="tiny"))
+    store.write_manifest(
+        model, build_manifest(model, asset="fine_tuned_encoder", upstream={"synthetic_queries": queries}, partition="tiny")
+    )
     return store, corpus, queries, model
 
 
@@ -70,7 +74,10 @@ def test_a_changed_file_inside_a_model_folder_is_named(lineage):
     (store.local_path(model) / "extra.txt").write_text("x")
     failure = build_audit(store, model.hash)["failures"][0]
     assert failure["asset"] == "fine_tuned_encoder"
-    assert {(p["issue"], p["file"].rsplit("/", 1)[1]) for p in failure["problems"]} == {("changed", "model.safetensors"), ("unexpected", "extra.txt")}
+    assert {(p["issue"], p["file"].rsplit("/", 1)[1]) for p in failure["problems"]} == {
+        ("changed", "model.safetensors"),
+        ("unexpected", "extra.txt"),
+    }
 
 
 def test_audit_command_exits_non_zero_on_a_corrupted_upstream_and_names_it(lineage, tmp_path, capsys, monkeypatch):
@@ -91,10 +98,15 @@ def test_audit_command_exits_non_zero_on_a_corrupted_upstream_and_names_it(linea
 
 
 def test_config_rows_without_known_defaults_are_not_marked():
-    assert config_rows({"dataset": {"name": "x"}}, None) == [{"key": "dataset.name", "value": "x", "default": None, "changed": False, "known": False}]
+    assert config_rows({"dataset": {"name": "x"}}, None) == [
+        {"key": "dataset.name", "value": "x", "default": None, "changed": False, "known": False}
+    ]
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")), reason="needs Debian chromium + chromium-driver (.ci/run installs them)")
+@pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="needs Debian chromium + chromium-driver (.ci/run installs them)",
+)
 def test_the_report_renders_in_a_real_browser_and_shows_a_flipped_byte(lineage, tmp_path):
     """Headless chromium lays the page out: the lineage graph's nodes, the verified marks, the
     prompt and the samples are visible; after a flipped byte the mismatch is what it shows."""

@@ -47,7 +47,9 @@ def two_runs(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        first = dg.materialize(ALL_ASSETS, partition_key="demo", resources=_resources(home), run_config=_config(str(template), 2), instance=instance)
+        first = dg.materialize(
+            ALL_ASSETS, partition_key="demo", resources=_resources(home), run_config=_config(str(template), 2), instance=instance
+        )
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -56,7 +58,9 @@ def two_runs(tmp_path_factory):
     model_a = read_pointer(home, "fine_tuned_encoder", "demo")
     assert PROMPT_LINE[0] in template.read_text()
     template.write_text(template.read_text().replace(*PROMPT_LINE))  # the same file, one line edited
-    second = dg.materialize(ALL_ASSETS, partition_key="demo", resources=_resources(home), run_config=_config(str(template), 1), instance=instance)
+    second = dg.materialize(
+        ALL_ASSETS, partition_key="demo", resources=_resources(home), run_config=_config(str(template), 1), instance=instance
+    )
     assert second.success
     return {"home": home, "instance": instance, "events": events, "runs": (first.run_id, second.run_id),
             "scores": (scores_a, read_pointer(home, "benchmark_scores", "demo")), "model": model_a,
@@ -142,7 +146,10 @@ def test_published_model_folder_has_a_hub_model_card_and_still_loads(two_runs):
     manifest = store.read_manifest(ref)
     assert manifest["files"]["README.md"] == hash_file(folder / "README.md") == manifest["extra"]["training"]["model_card_hash"]
     training_examples = manifest["upstream"]["training_examples"]["hash"]
-    assert f"retriever-forge trace {training_examples[:16]}" in card.text and f"kept step: **{manifest['extra']['training']['best_step']}**" in card.text
+    assert (
+        f"retriever-forge trace {training_examples[:16]}" in card.text
+        and f"kept step: **{manifest['extra']['training']['best_step']}**" in card.text
+    )
     assert SentenceTransformer(str(folder), device="cpu").encode(["hello"]).shape == (1, 384)
 
 

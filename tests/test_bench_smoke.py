@@ -134,7 +134,15 @@ def _tiny_beir(folder: Path) -> Path:
     return folder
 
 
-SYSTEMS = ("bm25", "base", "hybrid-base", "fine-tuned", "hybrid", "rrf-base", "rrf-fine-tuned")  # bench/quality.py's rows, in order (hybrid*: the scoreboard's dev-chosen fusion)
+SYSTEMS = (
+    "bm25",
+    "base",
+    "hybrid-base",
+    "fine-tuned",
+    "hybrid",
+    "rrf-base",
+    "rrf-fine-tuned",
+)  # bench/quality.py's rows, in order (hybrid*: the scoreboard's dev-chosen fusion)
 
 
 @pytest.mark.slow

@@ -44,7 +44,9 @@ def test_budget_falls_back_to_the_dataset_then_standard():
     config = with_budget({"ops": {"synthetic_queries": {"config": {"budget": "quick"}}}}, "thorough")
     assert config["ops"]["synthetic_queries"]["config"]["budget"] == "quick"  # set explicitly: kept
     assert {a: c["config"]["budget"] for a, c in config["ops"].items() if a != "synthetic_queries"} == {
-        "relevance_judgments": "thorough", "fine_tuned_encoder": "thorough"}
+        "relevance_judgments": "thorough",
+        "fine_tuned_encoder": "thorough",
+    }
     with pytest.raises(DatasetError, match="budget must be"):
         DatasetSpec(name="x", budget="lavish")
     assert load_registry()["demo"].budget == "quick"  # what `make demo` runs

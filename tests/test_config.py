@@ -70,7 +70,10 @@ def test_adapt_retriever_launchpad_shows_the_values_the_demo_run_uses():
 
     config = defs.resolve_job_def("adapt_retriever").partitioned_config.get_run_config_for_partition_key("demo")
     demo = load_registry()["demo"]
-    expected = {**preset_values(demo.budget, "synthetic_queries"), **((demo.extra or {}).get("overrides") or {}).get("synthetic_queries", {})}
+    expected = {
+        **preset_values(demo.budget, "synthetic_queries"),
+        **((demo.extra or {}).get("overrides") or {}).get("synthetic_queries", {}),
+    }
     shown = config["ops"]["synthetic_queries"]["config"]
     assert shown["budget"] == demo.budget and expected and {k: shown[k] for k in expected} == expected
 

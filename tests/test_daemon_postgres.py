@@ -117,7 +117,9 @@ def test_daemon_on_postgres_runs_only_what_changed(tmp_path, tiny_encoder, monke
         ws = ["-w", str(tmp_path / "workspace.yaml")]
         log = tmp_path / "daemon.log"
         with log.open("w") as out:
-            daemon = subprocess.Popen([str(VENV_BIN / "dagster-daemon"), "run", *ws], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            daemon = subprocess.Popen(
+                [str(VENV_BIN / "dagster-daemon"), "run", *ws], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+            )
         try:
             with dg.DagsterInstance.get() as instance:
                 # 1. the dataset_registry sensor registers `tiny`; the first observation launches the whole graph

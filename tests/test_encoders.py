@@ -125,9 +125,11 @@ def test_spt_tunes_only_chosen_positions_and_merges(tiny, tmp_path):
                                         spt_sensitivity_batches=2, spt_structured_threshold=60)  # fmt: skip
     state = adapters.attach_adapter(model, settings, lambda i: _contrastive_loss(model))
     assert state.lora_modules and state.sparse_modules, state.summary()
-    assert sum(state.sparse_modules.values()) + sum(
-        adapters.lora_cost(adapters.backbone(model).get_submodule(n).base_layer, 2) for n in state.lora_modules
-    ) == state.trainable_parameters
+    assert (
+        sum(state.sparse_modules.values())
+        + sum(adapters.lora_cost(adapters.backbone(model).get_submodule(n).base_layer, 2) for n in state.lora_modules)
+        == state.trainable_parameters
+    )
     default = adapters.attach_adapter(_st(tiny), adapters.AdapterSettings(kind="spt", lora_rank=2, tunable_parameter_budget=600),
                                       lambda i: torch.zeros((), requires_grad=True) + 0 * _contrastive_loss(model))  # fmt: skip
     assert default.trainable_parameters <= default.budget == 600  # the default threshold (LoRA's cost) keeps SPT in budget
@@ -155,7 +157,12 @@ def test_spt_tunes_only_chosen_positions_and_merges(tiny, tmp_path):
 
 
 def _examples(n: int = 24) -> pl.DataFrame:
-    topics = [("sort", "sorting numbers list"), ("hash", "hash table index"), ("graph", "shortest path graph"), ("parser", "parser compiler tree")]
+    topics = [
+        ("sort", "sorting numbers list"),
+        ("hash", "hash table index"),
+        ("graph", "shortest path graph"),
+        ("parser", "parser compiler tree"),
+    ]
     rows = []
     for i in range(n):
         t, text = topics[i % 4]
@@ -294,7 +301,9 @@ def test_bidirectional_decoder_folder_stays_bidirectional_on_reload(tiny_decoder
     model.save(str(tmp_path / "m"))
     reloaded = _st(str(tmp_path / "m"))
     np.testing.assert_allclose(_vectors(reloaded, TEXTS[:1]), before, atol=1e-6)
-    assert all(m.is_causal is False for m in reloaded[0].auto_model.modules() if hasattr(m, "is_causal") and m is not reloaded[0].auto_model)
+    assert all(
+        m.is_causal is False for m in reloaded[0].auto_model.modules() if hasattr(m, "is_causal") and m is not reloaded[0].auto_model
+    )
 
 
 def test_query_instruction_changes_queries_not_passages(tiny_decoder, tmp_path):

@@ -16,8 +16,12 @@ ORCHESTRATION = PACKAGE / "orchestration"
 
 def _forbidden(module: str) -> bool:
     top = module.split(".")[0]
-    return top == "dagster" or top.startswith("dagster_") or module == "retriever_forge.orchestration" \
+    return (
+        top == "dagster"
+        or top.startswith("dagster_")
+        or module == "retriever_forge.orchestration"
         or module.startswith("retriever_forge.orchestration.")
+    )
 
 
 def _module_of(path: Path) -> str:
@@ -80,6 +84,7 @@ def test_the_check_finds_what_it_should():
         "from .. import orchestration\n"
     )
     assert [v.split(": imports ")[0] for v in layering_violations(bad, domain)] == [
-        f"retriever_forge/llm/base.py:{line}" for line in (1, 2, 3, 4, 6, 7, 8, 9)]
+        f"retriever_forge/llm/base.py:{line}" for line in (1, 2, 3, 4, 6, 7, 8, 9)
+    ]
     fine = "import dagsterish\nfrom retriever_forge import schemas\nfrom . import cache\nfrom ..orchestrations import x\nimport numpy\n"
     assert layering_violations(fine, domain) == []

@@ -12,7 +12,9 @@ PROMPT = "Passage: {passage}\nWrite a question.\nQuestion:"
 def _lineage(store, *, prompt_text=PROMPT, depth=100, corpus_rows=(("d1", "alpha"), ("d2", "beta")), scores=(0.5, 0.7)):
     corpus = store.put_table(pl.DataFrame(list(corpus_rows), schema=["doc_id", "text"], orient="row"), "corpus")
     store.write_manifest(corpus, build_manifest(corpus, asset="corpus", upstream={}, partition="p", config={"dataset": {"name": "p"}}))
-    queries = store.put_table(pl.DataFrame({"query_id": ["q1"], "text": ["q"], "template_hash": [str(hash(prompt_text))]}), "synthetic_queries")
+    queries = store.put_table(
+        pl.DataFrame({"query_id": ["q1"], "text": ["q"], "template_hash": [str(hash(prompt_text))]}), "synthetic_queries"
+    )
     prompt = {"id": "queries/q", "hash": str(hash(prompt_text)), "format": "completion", "text": prompt_text}
     store.write_manifest(queries, build_manifest(queries, asset="synthetic_queries", upstream={"corpus": corpus}, partition="p",
                                                  config={"temperature": 0.0}, prompts={"question": prompt}))  # fmt: skip

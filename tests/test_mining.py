@@ -96,7 +96,9 @@ def test_positive_aware_judge_drops_candidates_graded_near_the_positive():
     r = reasons(mine_hard_negatives(QUERY, unit(*ANGLES), ["q"], ["d0"], DOCS, looser, judgments=judgments))
     assert [k for k, v in r.items() if v == "judge"] == ["d6"]  # 0.95 >= 1.1 * 0.8 = 0.88
     # No judged positive, no anchor: nothing is dropped.
-    r = reasons(mine_hard_negatives(QUERY, unit(*ANGLES), ["q"], ["d0"], DOCS, config, judgments=judgments.filter(pl.col("doc_id") != "d0")))
+    r = reasons(
+        mine_hard_negatives(QUERY, unit(*ANGLES), ["q"], ["d0"], DOCS, config, judgments=judgments.filter(pl.col("doc_id") != "d0"))
+    )
     assert "judge" not in r.values()
 
 

@@ -24,7 +24,11 @@ from retriever_forge.provenance import build_manifest
 SPEC = json.loads((Path(__file__).parent / "openlineage" / "OpenLineage-2-0-2.json").read_text())
 FACETS = json.loads(FACETS_SCHEMA_FILE.read_text())
 _REGISTRY = Registry().with_resources([(SPEC["$id"], Resource.from_contents(SPEC)), (FACETS["$id"], Resource.from_contents(FACETS))])
-CUSTOM = {"retrieverForge_models": "ModelsRunFacet", "retrieverForge_prompts": "PromptsRunFacet", "retrieverForge_provenance": "ProvenanceRunFacet"}
+CUSTOM = {
+    "retrieverForge_models": "ModelsRunFacet",
+    "retrieverForge_prompts": "PromptsRunFacet",
+    "retrieverForge_provenance": "ProvenanceRunFacet",
+}
 
 
 def validate_event(event: dict) -> None:

@@ -67,7 +67,12 @@ def test_full_graph_materializes_with_scores(first_run):
     assert all(0.0 <= r["judged_at_10"] <= 1.0 for r in rows.values())
     assert rows["hybrid"]["fusion"]["method"] in {"rrf", "convex"} and rows["hybrid"]["fusion"]["chosen_on"] == "synthetic dev queries"
     fusion = json.loads((store.local_path(_ref(home, "corpus_index")) / "fusion.json").read_text())
-    assert fusion["hybrid"]["method"] == rows["hybrid"]["fusion"]["method"] and {"method", "params", "dev_queries", "dev_ndcg_cut_10"} <= set(fusion["hybrid-base"])
+    assert fusion["hybrid"]["method"] == rows["hybrid"]["fusion"]["method"] and {
+        "method",
+        "params",
+        "dev_queries",
+        "dev_ndcg_cut_10",
+    } <= set(fusion["hybrid-base"])
     assert {"gained", "lost"} <= set(board["movers"])
     md = result.asset_materializations_for_node("benchmark_scores")[0].metadata["scoreboard"].value
     assert "SYNTHETIC" in md and "fine-tuned" in md

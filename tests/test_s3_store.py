@@ -66,8 +66,12 @@ def test_whole_graph_multiprocess_on_s3_then_trace_and_verify(tmp_path, s3_serve
     folder = tmp_path / "tiny"
     folder.mkdir()
     rows = build_demo_corpus(max_passages=40).iter_rows(named=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": r["doc_id"], "title": r["title"], "text": r["text"]}) + "\n" for r in rows))
-    (tmp_path / "datasets.yaml").write_text(json.dumps({"datasets": {"tiny": {"source": "beir", "path": str(folder), "overrides": TINY_OVERRIDES}}}))
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": r["doc_id"], "title": r["title"], "text": r["text"]}) + "\n" for r in rows)
+    )
+    (tmp_path / "datasets.yaml").write_text(
+        json.dumps({"datasets": {"tiny": {"source": "beir", "path": str(folder), "overrides": TINY_OVERRIDES}}})
+    )
     work = tmp_path / "work"
     for key, value in {"RETRIEVER_FORGE_DATASETS": str(tmp_path / "datasets.yaml"), "RETRIEVER_FORGE_HOME": root,
                        "RETRIEVER_FORGE_WORK_DIR": str(work), "FORGE_TEST_ENCODER": tiny_encoder_folder(tmp_path / "encoder"),

@@ -30,5 +30,7 @@ def test_judged_pairs_and_negatives_samples_carry_text_and_reasons():
     candidates = pl.DataFrame({"query_id": ["a", "a"], "doc_id": ["d2", "d1"], "rank": [2, 1], "score": [0.5, 0.9], "positive_score": [0.9, 0.9],
                                "judged_grade": [None, 2.5], "dropped_by": [None, "judge"]})  # fmt: skip
     md = negatives_sample_markdown(candidates, queries, CORPUS, seed=0)
-    assert "judge: the LLM judge graded it relevant" in md and "kept: a hard negative for training" in md and "A hash table maps keys." in md
+    assert (
+        "judge: the LLM judge graded it relevant" in md and "kept: a hard negative for training" in md and "A hash table maps keys." in md
+    )
     assert "| margin | 2 | scored too close" in filter_decisions_markdown({"kept": 5, "margin": 2})

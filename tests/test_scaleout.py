@@ -74,7 +74,9 @@ def test_vllm_server_command_and_resource():
     cmd = serve.command()
     assert cmd[:3] == ["vllm", "serve", "Qwen/Qwen2.5-7B-Instruct"]
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2" and cmd[cmd.index("--max-num-seqs") + 1] == "128"
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and serve.base_url() == "http://127.0.0.1:8000/v1"  # loopback unless exposed on purpose
+    assert (
+        cmd[cmd.index("--host") + 1] == "127.0.0.1" and serve.base_url() == "http://127.0.0.1:8000/v1"
+    )  # loopback unless exposed on purpose
     resource = serve.llm_resource(host="vllm.forge.svc")
     assert (resource.backend, resource.base_url, resource.max_concurrency) == ("openai", "http://vllm.forge.svc:8000/v1", 96)
     from retriever_forge.llm import build_llm  # the backend the resource builds (no server needed to construct it)

@@ -68,11 +68,18 @@ def test_judged_at_10_and_best_relevant_rank():
 
 def _board():
     qrels = {f"q{i}": {f"r{i}": 1} for i in range(6)}
+
     # base finds every relevant doc at rank 2, fine-tuned at rank 1 except q5 (rank 3); bm25 at rank 1 for half
     def run(rank_of):
         return {q: {**{f"x{j}": 10.0 - j for j in range(5)}, f"r{i}": 11.5 - rank_of(i)} for i, q in enumerate(qrels)}
-    runs = {"bm25": run(lambda i: 1 if i % 2 else 4), "base": run(lambda i: 2), "fine-tuned": run(lambda i: 3 if i == 5 else 1),
-            "hybrid-base": run(lambda i: 1 if i % 2 else 2), "hybrid": run(lambda i: 1)}
+
+    runs = {
+        "bm25": run(lambda i: 1 if i % 2 else 4),
+        "base": run(lambda i: 2),
+        "fine-tuned": run(lambda i: 3 if i == 5 else 1),
+        "hybrid-base": run(lambda i: 1 if i % 2 else 2),
+        "hybrid": run(lambda i: 1),
+    }
     return runs, qrels
 
 
@@ -92,7 +99,8 @@ def test_score_systems_rows_carry_the_comparisons_with_holm_over_distinct_pairs(
     assert len({frozenset((s, {"vs_base": "base", "vs_bm25": "bm25", "vs_hybrid_base": "hybrid-base"}[k])) for s, k in raw}) == 9
     smallest = min(raw.values())
     assert min(r[k]["p_value_holm"] for r in rows for k in ("vs_base", "vs_bm25", "vs_hybrid_base") if k in r) == pytest.approx(
-        min(1.0, 9 * smallest), abs=1e-4)
+        min(1.0, 9 * smallest), abs=1e-4
+    )
     assert all(0 < r["judged_at_10"] <= 1 for r in rows)
     assert table.height == 5 * 6
 
@@ -107,13 +115,30 @@ def test_query_movers_report_text_and_best_relevant_rank_before_and_after():
 
 
 def test_scoreboard_marks_significant_rows():
-    row = {"system": "fine-tuned", "ndcg_cut_10": 0.5, "recall_100": 1.0, "map": 0.4, "recip_rank": 0.6, "queries": 3, "judged_at_10": 0.5,
-           "vs_base": {"delta": 0.1, "p_value_holm": 0.01}, "vs_bm25": {"delta": 0.02, "p_value_holm": 0.4}}
+    row = {
+        "system": "fine-tuned",
+        "ndcg_cut_10": 0.5,
+        "recall_100": 1.0,
+        "map": 0.4,
+        "recip_rank": 0.6,
+        "queries": 3,
+        "judged_at_10": 0.5,
+        "vs_base": {"delta": 0.1, "p_value_holm": 0.01},
+        "vs_bm25": {"delta": 0.02, "p_value_holm": 0.4},
+    }
     md = scoreboard_markdown([row], "human")
     assert "+0.1000 (p=0.010) **\\***" in md and "+0.0200 (p=0.400) |" in md
 
 
 def test_scoreboard_labels_a_fine_tuned_row_that_kept_the_base_weights():
-    row = {"system": "fine-tuned", "ndcg_cut_10": 0.5, "recall_100": 1.0, "map": 0.4, "recip_rank": 0.6, "queries": 3, "judged_at_10": 0.5,
-           "kept_base_weights": True}
+    row = {
+        "system": "fine-tuned",
+        "ndcg_cut_10": 0.5,
+        "recall_100": 1.0,
+        "map": 0.4,
+        "recip_rank": 0.6,
+        "queries": 3,
+        "judged_at_10": 0.5,
+        "kept_base_weights": True,
+    }
     assert "| fine-tuned (= base weights) |" in scoreboard_markdown([row], "human", notes=["training kept the base weights"])

@@ -130,7 +130,10 @@ def _open_asset(driver, url: str, asset: str, labels: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")), reason="needs Debian chromium + chromium-driver (.ci/run installs them)")
+@pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="needs Debian chromium + chromium-driver (.ci/run installs them)",
+)
 def test_browser_shows_the_scoreboard_first_and_the_loss_plot_as_an_image(webserver, tmp_path):
     pytest.importorskip("selenium")
     from selenium.webdriver.common.by import By

@@ -61,9 +61,7 @@ def render_chat(tokenizer, prompt: str, chat_template: bool) -> str:
     otherwise the prompt is used verbatim (plain completion).
     """
     if chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
     return prompt
 
 

@@ -103,8 +103,7 @@ class OpenAICompatibleLLM:
 
     def __repr__(self) -> str:
         return (
-            f"OpenAICompatibleLLM(base_url={self.base_url!r}, model={self.model_id!r}, "
-            f"api_key_env={self.api_key_env!r}, chat={self.chat})"
+            f"OpenAICompatibleLLM(base_url={self.base_url!r}, model={self.model_id!r}, api_key_env={self.api_key_env!r}, chat={self.chat})"
         )
 
     # ------------------------------------------------------------------ HTTP
@@ -137,9 +136,7 @@ class OpenAICompatibleLLM:
                 time.sleep(delay)
             self._count("requests")
             try:
-                response = self._session().request(
-                    method, url, json=payload, headers=self._headers(), timeout=self.timeout_s
-                )
+                response = self._session().request(method, url, json=payload, headers=self._headers(), timeout=self.timeout_s)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 log.warning("%s %s attempt %d failed: %s", method, url, attempt + 1, last)

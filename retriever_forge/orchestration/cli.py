@@ -224,7 +224,9 @@ def cmd_model_card(args) -> int:
     try:
         scores_ref, scores = resolve(store, _resolve_target(store, args.target))
         if scores.get("asset") != "benchmark_scores":
-            raise KeyError(f"{args.target}: a benchmark_scores artifact is needed (it names the model it scored), not {scores.get('asset')}")
+            raise KeyError(
+                f"{args.target}: a benchmark_scores artifact is needed (it names the model it scored), not {scores.get('asset')}"
+            )
         model_ref, model = resolve(store, scores["upstream"]["fine_tuned_encoder"]["hash"])
     except KeyError as e:
         print(f"model-card: {e.args[0]}", file=sys.stderr)
@@ -407,8 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="materialize the graph for one dataset")
     run.add_argument("--dataset", default="demo", help="a dataset name from datasets.yaml (default: demo)")
     run.add_argument("-c", "--config", help="Dagster run config YAML (ops: {asset: {config: {...}}})")
-    run.add_argument("--budget", choices=["quick", "standard", "thorough"],
-                     help="budget preset (default: the dataset's in datasets.yaml, else standard); see retriever_forge/budget.py")
+    run.add_argument(
+        "--budget",
+        choices=["quick", "standard", "thorough"],
+        help="budget preset (default: the dataset's in datasets.yaml, else standard); see retriever_forge/budget.py",
+    )
     run.add_argument("--job", default="adapt_retriever", help="job name (default: the whole graph)")
     run.add_argument("-v", "--verbose", action="store_true", help="Dagster's full console log instead of one line per step")
     run.set_defaults(func=cmd_run)

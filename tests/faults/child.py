@@ -67,6 +67,7 @@ def main(stage: str, workdir: str, *args: str) -> None:
         shutil.copytree = lambda src, dst, **kw: real_copytree(src, dst, copy_function=copy2, **kw)
         helpers.run_indexing(work, store)
     elif stage == "training":
+
         def progress(event: dict) -> None:  # killed after step 5; checkpoints exist for steps 2 and 4
             if event["step"] == 5:
                 helpers.mark_and_stall(work)

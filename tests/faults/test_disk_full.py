@@ -125,7 +125,10 @@ class VerboseLLM(helpers.HashLLM):
         return (helpers.HashLLM.answer(prompt) + " ") * 300
 
     def generate(self, prompts, params):
-        return [g.__class__(self.answer(p), g.prompt_tokens, g.completion_tokens) for g, p in zip(super().generate(prompts, params), prompts, strict=True)]
+        return [
+            g.__class__(self.answer(p), g.prompt_tokens, g.completion_tokens)
+            for g, p in zip(super().generate(prompts, params), prompts, strict=True)
+        ]
 
 
 def test_llm_cache_on_a_full_disk_keeps_committed_batches(tmp_path):

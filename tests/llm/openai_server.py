@@ -237,7 +237,9 @@ class OpenAITestServer:
         """A greedy one-token reply is the top token itself: no second pass through the model."""
         if top is None or params.max_new_tokens != 1 or params.temperature > 0:
             return None
-        return Generation(text=top[0][1], prompt_tokens=len(backend.tokenizer(backend.render_prompt(prompt))["input_ids"]), completion_tokens=1)
+        return Generation(
+            text=top[0][1], prompt_tokens=len(backend.tokenizer(backend.render_prompt(prompt))["input_ids"]), completion_tokens=1
+        )
 
     def _envelope(self, obj: str, choice: dict, gen) -> dict:
         return {

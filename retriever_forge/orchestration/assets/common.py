@@ -1,7 +1,6 @@
 """What every asset does the same way: the decorator of a stage, its config derived from the
 stage's domain dataclass and resolved per dataset, and the Output of an artifact with its manifest."""
 
-
 import dataclasses
 import functools
 import inspect
@@ -130,13 +129,16 @@ def stage_asset(stage: str, *, checks: tuple[Check, ...] = (), **asset_args):
         compute = fn
         if "config" in inspect.signature(fn).parameters:  # Dagster reads the wrapped signature (inputs, resources, config class)
             if inspect.isgeneratorfunction(fn):
+
                 @functools.wraps(fn)
                 def compute(context, config, **kwargs):
                     yield from fn(context, effective_config(context, config), **kwargs)
             else:
+
                 @functools.wraps(fn)
                 def compute(context, config, **kwargs):
                     return fn(context, effective_config(context, config), **kwargs)
+
         return dg.asset(partitions_def=dataset_partitions, group_name=stage, owners=asset_owners(), tags=asset_tags(stage),
                         io_manager_key="artifact_io", code_version=CODE_VERSION, check_specs=specs or None, **asset_args)(compute)  # fmt: skip
 
@@ -430,7 +432,9 @@ def provenance_markdown(ref: ArtifactRef, manifest: dict, seconds: float | None)
     """Hashes once, short: this artifact, the code, each upstream artifact and model (full ones: the manifest)."""
     upstream = manifest.get("upstream") or {}
     ups = ", ".join(f"{name} `{u['hash'][:SHORT_HASH]}`" for name, u in sorted(upstream.items()))
-    models = ", ".join(f"{role} {m.get('id', '')} `{str(m.get('weights_hash', ''))[:SHORT_HASH]}`" for role, m in (manifest.get("models") or {}).items())
+    models = ", ".join(
+        f"{role} {m.get('id', '')} `{str(m.get('weights_hash', ''))[:SHORT_HASH]}`" for role, m in (manifest.get("models") or {}).items()
+    )
     lines = [f"artifact `{ref.hash[:SHORT_HASH]}` · code `{str(manifest.get('code_version', ''))[:SHORT_HASH]}`"
              + (f" · {seconds} s" if seconds is not None else ""),
              f"upstream: {ups}" if ups else "upstream: none (a source)", *([f"models: {models}"] if models else [])]  # fmt: skip

@@ -1,6 +1,5 @@
 """Stage 1: the corpus and, where the dataset has them, its human-judged evaluation queries."""
 
-
 import dagster as dg
 import polars as pl
 

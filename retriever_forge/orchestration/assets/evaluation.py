@@ -1,6 +1,5 @@
 """Stages 6–7: the FAISS index of the corpus under the fine-tuned encoder, and the scoreboard."""
 
-
 import json
 import tempfile
 from pathlib import Path
@@ -74,7 +73,9 @@ def corpus_index(
         fusion = {name: choose_fusion(lexical, run, qrels, depth=depth) for name, run in dense.items()}
         fusion["hybrid"]["dense"], fusion["hybrid-base"]["dense"] = "fine_tuned_encoder", base.name
         with tempfile.TemporaryDirectory() as tmp:
-            info = build_corpus_index(np.asarray(emb), doc_ids, Path(tmp), index_type=config.index_type, exact_max_docs=config.exact_max_docs)
+            info = build_corpus_index(
+                np.asarray(emb), doc_ids, Path(tmp), index_type=config.index_type, exact_max_docs=config.exact_max_docs
+            )
             write_fusion(Path(tmp), fusion)
             ref = store.put_folder(tmp, "corpus_index", payload="index")
     return artifact_output(
@@ -94,7 +95,9 @@ def _fusion_markdown(fusion: dict) -> str:
         label = f"rrf(k={f['params']['k']})" if f["method"] == "rrf" else f"convex(w_bm25={f['params']['weights'][0]})"
         lines.append(f"| {name} (BM25 + {f['dense']}) | {f['method']} | `{json.dumps(f['params'])}` | {f['dev_queries']} "
                      f"| {f['dev_ndcg_cut_10'].get(label, float('nan')):.4f} |")  # fmt: skip
-    return "\n".join([*lines, "", "Chosen on the synthetic dev queries only (never the test qrels); stored with the index as `fusion.json`."])
+    return "\n".join(
+        [*lines, "", "Chosen on the synthetic dev queries only (never the test qrels); stored with the index as `fusion.json`."]
+    )
 
 
 def published_weights(store, fine_tuned_encoder: ArtifactRef) -> str:
@@ -147,13 +150,17 @@ def benchmark_scores(
         seconds["bm25"] = ts["seconds"]
         with timed() as ts:
             base = encoder.load(artifact_store)
-            runs["base"] = dense_run(base.encode_queries(query_texts), np.asarray(base.encode_corpus(corpus_df)), query_ids, doc_ids, k=config.depth)
+            runs["base"] = dense_run(
+                base.encode_queries(query_texts), np.asarray(base.encode_corpus(corpus_df)), query_ids, doc_ids, k=config.depth
+            )
         seconds["base"] = ts["seconds"]
         index_dir = store.local_path(corpus_index)
         fusion = read_fusion(index_dir)
         if "hybrid-base" in fusion:
             with timed() as ts:
-                runs["hybrid-base"] = fuse([runs["bm25"], runs["base"]], fusion["hybrid-base"]["method"], fusion["hybrid-base"]["params"], config.depth)
+                runs["hybrid-base"] = fuse(
+                    [runs["bm25"], runs["base"]], fusion["hybrid-base"]["method"], fusion["hybrid-base"]["params"], config.depth
+                )
             seconds["hybrid-base"] = round(seconds["bm25"] + seconds["base"] + ts["seconds"], 2)
         with timed() as ts:
             tuned = encoder.load(artifact_store, str(store.local_path(fine_tuned_encoder)))
@@ -162,7 +169,9 @@ def benchmark_scores(
         seconds["fine-tuned"] = ts["seconds"]
         if "hybrid" in fusion:
             with timed() as ts:
-                runs["hybrid"] = fuse([runs["bm25"], runs["fine-tuned"]], fusion["hybrid"]["method"], fusion["hybrid"]["params"], config.depth)
+                runs["hybrid"] = fuse(
+                    [runs["bm25"], runs["fine-tuned"]], fusion["hybrid"]["method"], fusion["hybrid"]["params"], config.depth
+                )
             seconds["hybrid"] = round(seconds["bm25"] + seconds["fine-tuned"] + ts["seconds"], 2)
         table, rows = score_systems(runs, qrels_by_query, seed=config.seed)
         for row in rows:
@@ -207,7 +216,9 @@ def benchmark_scores(
 
 def scoreboard_notes(judge: dict, weights: str) -> str:
     """What a reader needs beside the scores: whose weights were published and whether the judge steered training."""
-    lines = [f"Published weights: **{weights}**" + (" (no training step beat the base model on dev beyond noise)." if weights == "base" else ".")]
+    lines = [
+        f"Published weights: **{weights}**" + (" (no training step beat the base model on dev beyond noise)." if weights == "base" else ".")
+    ]
     if judge.get("pairs"):
         verdict = "used" if judge["used"] else "**not used** (below threshold: judge filter and graded loss off)"
         lines.append(f"Judge self-check: ROC AUC {judge['auc']} on {judge['pairs']} calibration pairs; {verdict}.")
@@ -248,4 +259,3 @@ def _write_scoreboard(store: ArtifactStore, dataset: str, rows: list[dict], mark
              **(extra or {})}  # fmt: skip
     store.write_text(store.scoreboard_path(dataset, "json"), json.dumps(board, indent=1))
     return store.url(store.scoreboard_path(dataset, "md"))
-

@@ -1,6 +1,5 @@
 """Stages 2–3: synthetic queries from the LLM and graded relevance judgments from the LLM judge."""
 
-
 import dagster as dg
 import polars as pl
 from pydantic import Field
@@ -97,7 +96,9 @@ def synthetic_queries(
         queries = generate_synthetic_queries(corpus_df, generator, qg, progress=log_progress(context), completion_llm=completer)
         if qg.round_trip_k:
             base = encoder.load(artifact_store)
-            queries = round_trip_filter(queries, base.encode_texts, base.encode_corpus(corpus_df), corpus_df["doc_id"].to_list(), qg.round_trip_k)
+            queries = round_trip_filter(
+                queries, base.encode_texts, base.encode_corpus(corpus_df), corpus_df["doc_id"].to_list(), qg.round_trip_k
+            )
         ref = store.put_table(queries, "synthetic_queries")
     summary = generation_summary(queries)
     stats = {k: generator.stats.get(k, 0) + completer.stats.get(k, 0) for k in set(generator.stats) | set(completer.stats)}

@@ -21,7 +21,12 @@ def emit_start(context: dg.AssetExecutionContext) -> None:
     partition = context.partition_key if context.has_partition_key else None
     inputs = sorted({k.to_user_string() for k in context.assets_def.keys_by_input_name.values()})
     root = context.resources.artifact_store.root
-    ol.emit([ol.start_event(root, key.to_user_string(), partition, context.run.run_id, inputs=inputs) for key in sorted(context.selected_asset_keys)])
+    ol.emit(
+        [
+            ol.start_event(root, key.to_user_string(), partition, context.run.run_id, inputs=inputs)
+            for key in sorted(context.selected_asset_keys)
+        ]
+    )
 
 
 @dg.success_hook(required_resource_keys={"artifact_store"})
@@ -50,7 +55,9 @@ def openlineage_fail(context: dg.HookContext) -> None:
 
     run = context.instance.get_run_by_id(context.run_id)
     partition = (run.tags if run else {}).get("dagster/partition")
-    keys = next((sorted(k.to_user_string() for k in a.keys) for a in MATERIALIZED_ASSETS if a.op.name == context.op.name), [context.op.name])
+    keys = next(
+        (sorted(k.to_user_string() for k in a.keys) for a in MATERIALIZED_ASSETS if a.op.name == context.op.name), [context.op.name]
+    )
     error = context.op_exception
     trace = "".join(traceback.format_exception(error)) if isinstance(error, BaseException) else None
     root = context.resources.artifact_store.root

@@ -1,6 +1,5 @@
 """Stages 4–5: hard negatives (with false-negative filters), training examples, fine-tuning."""
 
-
 import dataclasses
 import math
 
@@ -110,7 +109,9 @@ def hard_negatives(
         base = encoder.load(artifact_store)
         corpus_emb, query_emb = base.encode_corpus(corpus_df), base.encode_texts(texts)
         guide = encoder.load(artifact_store, config.guide_model) if config.guide_model else None
-        bm25_texts = [passage_text(a, b) for a, b in zip(corpus_df["title"], corpus_df["text"], strict=True)] if mining.bm25_candidates else None
+        bm25_texts = (
+            [passage_text(a, b) for a, b in zip(corpus_df["title"], corpus_df["text"], strict=True)] if mining.bm25_candidates else None
+        )
         candidates = mine_hard_negatives(
             query_emb, corpus_emb, queries["query_id"].to_list(), queries["doc_id"].to_list(), corpus_df["doc_id"].to_list(),
             mining, judgments=judgments.select("query_id", "doc_id", "expected_grade"),
@@ -211,10 +212,19 @@ def fine_tuned_encoder(
     kept_base = result.best_step == 0 and bool(result.dev_metrics)
     if kept_base:
         context.log.warning(KEPT_BASE_SENTENCE.replace("**", ""))
-    training = {"kept_base_weights": kept_base, "best_step": result.best_step, "steps": len(losses), "stop_reason": result.stop_reason,
-                "device": result.device, "precision": result.precision, "model_card_hash": hash_file(card),
-                "loss": tc.loss, "judge_used": judge["used"],
-                "trainable_parameters": result.trainable_parameters, "adapter": result.adapter}
+    training = {
+        "kept_base_weights": kept_base,
+        "best_step": result.best_step,
+        "steps": len(losses),
+        "stop_reason": result.stop_reason,
+        "device": result.device,
+        "precision": result.precision,
+        "model_card_hash": hash_file(card),
+        "loss": tc.loss,
+        "judge_used": judge["used"],
+        "trainable_parameters": result.trainable_parameters,
+        "adapter": result.adapter,
+    }
     # The dev signal of the last evaluation (paired MRR@10 gain over the base and its z), which
     # the publication guard tested: recorded so ablations can check it against human judgments.
     last_dev = result.dev_metrics[-1] if result.dev_metrics else {}

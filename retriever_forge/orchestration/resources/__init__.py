@@ -100,7 +100,10 @@ class LLMResource(dg.ConfigurableResource):
         cache = Path(self.cache_path) if self.cache_path else default_cache_dir / "generations.sqlite"
         cache.parent.mkdir(parents=True, exist_ok=True)
         return build_llm(
-            self.backend, cache_path=cache, cache_batch_size=self.batch_size, progress=progress,
+            self.backend,
+            cache_path=cache,
+            cache_batch_size=self.batch_size,
+            progress=progress,
             **{k: v for k, v in kwargs.items() if v is not None},
         )
 
