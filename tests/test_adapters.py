@@ -1,8 +1,13 @@
-"""Adapters (LoRA, SPT) on tiny random models: targets, training only the adapter, merging."""
+"""Adapters (LoRA, SPT) on tiny random models: targets, training only the adapter, merging, and
+trained weights that do not depend on the process's string hashing."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,8 @@ from retriever_forge.encoding import model_folder_hash
 from retriever_forge.training import TrainingConfig, train_encoder
 from tests.test_encoders import _contrastive_loss, _examples, _st, _train_steps, _vectors
 from tests.test_training import one_thread  # noqa: F401 - the autouse one-thread fixture
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _base_state(model) -> dict[str, torch.Tensor]:
@@ -119,3 +126,45 @@ def test_train_encoder_with_lora_publishes_merged_folder_and_adapter(tiny, tmp_p
 
 
 
+
+# A LoRA and an SPT run in a fresh interpreter; prints each published file's sha256.
+_TRAIN_LORA_AND_SPT = textwrap.dedent("""
+    import hashlib, json, sys
+    from pathlib import Path
+
+    import torch
+
+    from retriever_forge.training import TrainingConfig, train_encoder
+    from tests.test_encoders import _examples
+
+    torch.set_num_threads(1)
+    tiny, out = sys.argv[1], Path(sys.argv[2])
+    files = {}
+    for kind in ("lora", "spt"):
+        cfg = TrainingConfig(adapter=kind, lora_rank=2, spt_sensitivity_batches=2, learning_rate=5e-3, batch_size=4,
+                             max_seq_length=16, epochs=1, eval_at_start=False, bf16=False, seed=1)
+        folder = Path(train_encoder(tiny, _examples(12), out / kind, cfg).model_dir)
+        files[kind] = {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                       for p in sorted(folder.rglob("*")) if p.is_file()}
+    print(json.dumps(files))
+""")
+
+
+def _published_files(tiny: str, out: Path, hash_seed: str) -> dict[str, dict[str, str]]:
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _TRAIN_LORA_AND_SPT, tiny, str(out)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_lora_and_spt_weights_do_not_depend_on_string_hashing(tiny, tmp_path):
+    # peft keeps target_modules as a set of str, whose order follows PYTHONHASHSEED; these two
+    # seeds order the modules of both runs differently, so anything that leaks that order into
+    # the published folder (adapter_config.json, or the weights) shows up as a differing file.
+    first, second = (_published_files(tiny, tmp_path / seed, seed) for seed in ("1", "2"))
+    assert "adapter/adapter_config.json" in first["lora"] and "adapter/adapter_config.json" in first["spt"]
+    assert "adapter/sparse_deltas.safetensors" in first["spt"]
+    for kind in ("lora", "spt"):
+        differing = sorted(f for f in first[kind].keys() | second[kind].keys() if first[kind].get(f) != second[kind].get(f))
+        assert not differing, f"{kind}: {differing}"
