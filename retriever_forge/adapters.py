@@ -254,6 +254,9 @@ def export_and_merge(st_model, state: AdapterState, adapter_dir: Path, base_mode
 
         config = model._retriever_forge_lora_config
         config.base_model_name_or_path = None
+        # peft holds target_modules as a set and writes it in iteration order, which follows str
+        # hashing (PYTHONHASHSEED); sorted, adapter_config.json (and the folder's hash) repeats.
+        config.target_modules = sorted(config.target_modules)
         weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
         save_file(weights, str(adapter_dir / "adapter_model.safetensors"))
         config.save_pretrained(str(adapter_dir))

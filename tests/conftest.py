@@ -107,3 +107,33 @@ class ScriptedLLM:
             probs = self.grades(p)
             out.append([math.log(x) for x in probs])
         return out
+
+
+# Tiny random encoders (BERT and Llama), shared by the adapter and encoder tests.
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    """The tiny random sentence-transformers BERT of :mod:`tests._tiny_encoder`."""
+    from tests._tiny_encoder import tiny_encoder_folder
+
+    return tiny_encoder_folder(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder(tmp_path_factory) -> str:
+    """A 2-layer random Llama with the tiny WordPiece vocabulary (a plain Hugging Face folder)."""
+    import torch
+    from transformers import BertTokenizerFast, LlamaConfig, LlamaModel
+
+    from tests._tiny_encoder import WORDS
+
+    root = tmp_path_factory.mktemp("tiny-llama")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), ".", ":", ","]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab=str(root / "vocab.txt")).save_pretrained(str(root))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)  # fmt: skip
+    LlamaModel(config).save_pretrained(str(root), safe_serialization=True)
+    return str(root)

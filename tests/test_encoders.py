@@ -1,8 +1,7 @@
-"""Adapters (LoRA, SPT), pooling heads, decoder masks and query prompts on tiny random models."""
+"""Pooling heads, decoder masks, query prompts and the encoding helpers on tiny random models."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,34 +9,12 @@ import polars as pl
 import pytest
 import torch
 
-from retriever_forge import adapters, decoder, pooling
+from retriever_forge import decoder, pooling
 from retriever_forge.encoding import Encoder, encode, encode_queries, open_sentence_transformer
 from retriever_forge.training import TrainingConfig, configure_encoder, train_encoder
-from tests._tiny_encoder import WORDS, tiny_encoder_folder
 from tests.test_training import one_thread  # noqa: F401 - the autouse one-thread fixture
 
 TEXTS = ["sort the list of numbers", "hash table index search", "shortest path in a graph", "parser and compiler tree"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    return tiny_encoder_folder(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def tiny_decoder(tmp_path_factory) -> str:
-    """A 2-layer random Llama with the tiny WordPiece vocabulary (a plain Hugging Face folder)."""
-    from transformers import BertTokenizerFast, LlamaConfig, LlamaModel
-
-    root = tmp_path_factory.mktemp("tiny-llama")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), ".", ":", ","]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab=str(root / "vocab.txt")).save_pretrained(str(root))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)  # fmt: skip
-    LlamaModel(config).save_pretrained(str(root), safe_serialization=True)
-    return str(root)
 
 
 def _st(path: str):
@@ -65,97 +42,6 @@ def _train_steps(model, steps: int = 3) -> None:
     model.eval()
 
 
-def _base_state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in adapters.backbone(model).state_dict().items()}
-
-
-# ------------------------------------------------------------------------------------ adapters
-
-
-def test_projection_modules_resolve_per_architecture(tiny, tiny_decoder):
-    bert = adapters.projection_modules(adapters.backbone(_st(tiny)))
-    assert {n.split(".")[-1] for n in bert} == {"query", "key", "value", "dense"} and not any("pooler" in n for n in bert)
-    llama = adapters.projection_modules(adapters.backbone(_st(tiny_decoder)))
-    assert {n.split(".")[-1] for n in llama} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert adapters.projection_modules(adapters.backbone(_st(tiny)), ["query"]) == ["encoder.layer.0.attention.self.query",
-                                                                                     "encoder.layer.1.attention.self.query"]  # fmt: skip
-    with pytest.raises(ValueError, match="no Linear layers match"):
-        adapters.projection_modules(adapters.backbone(_st(tiny)), ["q_proj"])
-
-
-def test_lora_changes_only_adapter_weights_and_merges_to_same_outputs(tiny, tmp_path):
-    torch.manual_seed(0)
-    model = _st(tiny)
-    base = _base_state(model)
-    state = adapters.attach_adapter(model, adapters.AdapterSettings(kind="lora", lora_rank=4, lora_dropout=0.0))
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable)
-    assert state.trainable_parameters == sum(p.numel() for p in model.parameters() if p.requires_grad) == state.budget
-    _train_steps(model)
-    unmerged = _vectors(model)
-    for name, p in adapters.backbone(model).named_parameters():
-        if "lora_" not in name:  # every base weight is untouched
-            assert torch.equal(p.detach(), base[name.replace(".base_layer", "")]), name
-    manifest = adapters.export_and_merge(model, state, tmp_path / "adapter", base_model_hash="abc")
-    merged = _vectors(model)
-    np.testing.assert_allclose(merged, unmerged, atol=1e-5)
-    assert not np.allclose(merged, _vectors(_st(tiny)), atol=1e-4)  # training moved the vectors
-    assert set(adapters.backbone(model).state_dict()) == set(base)  # plain modules again
-    assert manifest["base_model_hash"] == "abc" and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 4
-
-
-def test_spt_allocation_is_top_budget_with_lora_where_dense():
-    lin_a, lin_b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)  # LoRA cost at rank 1: 8
-    scores = {"a": torch.arange(16.0).view(4, 4) + 100, "b": torch.arange(16.0).view(4, 4)}
-    lora, sparse = adapters.spt_allocate(scores, {"a": lin_a, "b": lin_b}, budget=12, rank=1)
-    # The 12 top scores: all 16 of "a" beat "b", so 12 positions of "a" (> 8: LoRA), none of "b".
-    assert lora == ["a"] and sparse == {}
-    lora, sparse = adapters.spt_allocate(scores, {"a": lin_a, "b": lin_b}, budget=20, rank=1, threshold=100)
-    assert lora == [] and int(sparse["a"].sum()) == 16 and int(sparse["b"].sum()) == 4
-    assert sparse["b"].flatten().nonzero().flatten().tolist() == [12, 13, 14, 15]
-
-
-def test_spt_tunes_only_chosen_positions_and_merges(tiny, tmp_path):
-    torch.manual_seed(0)
-    model = _st(tiny)
-    base = _base_state(model)
-    # A budget and threshold that give both kinds: matrices over 60 sensitive positions get LoRA.
-    settings = adapters.AdapterSettings(kind="spt", lora_rank=2, lora_dropout=0.0, tunable_parameter_budget=600,
-                                        spt_sensitivity_batches=2, spt_structured_threshold=60)  # fmt: skip
-    state = adapters.attach_adapter(model, settings, lambda i: _contrastive_loss(model))
-    assert state.lora_modules and state.sparse_modules, state.summary()
-    assert (
-        sum(state.sparse_modules.values())
-        + sum(adapters.lora_cost(adapters.backbone(model).get_submodule(n).base_layer, 2) for n in state.lora_modules)
-        == state.trainable_parameters
-    )
-    default = adapters.attach_adapter(_st(tiny), adapters.AdapterSettings(kind="spt", lora_rank=2, tunable_parameter_budget=600),
-                                      lambda i: torch.zeros((), requires_grad=True) + 0 * _contrastive_loss(model))  # fmt: skip
-    assert default.trainable_parameters <= default.budget == 600  # the default threshold (LoRA's cost) keeps SPT in budget
-    _train_steps(model)
-    hf = adapters.backbone(model)
-    for name, p in hf.named_parameters():
-        key = name.replace(".base_layer", "")
-        module = key.rsplit(".", 1)[0]
-        if "lora_" in name:
-            continue
-        if module in state.masks and key.endswith("weight"):
-            changed = p.detach() != base[key]
-            assert changed.any() and not (changed & ~state.masks[module]).any(), name  # only chosen positions moved
-        else:
-            assert torch.equal(p.detach(), base[key]), name
-    unmerged = _vectors(model)
-    manifest = adapters.export_and_merge(model, state, tmp_path / "adapter", base_model_hash="h")
-    np.testing.assert_allclose(_vectors(model), unmerged, atol=1e-5)
-    assert manifest["sparse_modules"] == state.sparse_modules and manifest["budget"] == 600
-    from safetensors.torch import load_file
-
-    deltas = load_file(str(tmp_path / "adapter" / "sparse_deltas.safetensors"))
-    name = next(iter(state.sparse_modules))
-    assert deltas[f"{name}.index"].numel() == state.sparse_modules[name] == deltas[f"{name}.delta"].numel()
-
-
 def _examples(n: int = 24) -> pl.DataFrame:
     topics = [
         ("sort", "sorting numbers list"),
@@ -171,23 +57,6 @@ def _examples(n: int = 24) -> pl.DataFrame:
                      "positive_grade": 3.0, "negative_ids": [f"d{(i + 1) % 4}"], "negative_texts": [other], "negative_grades": [0.0],
                      "split": "dev" if i >= n - 4 else "train"})  # fmt: skip
     return pl.DataFrame(rows)
-
-
-def test_train_encoder_with_lora_publishes_merged_folder_and_adapter(tiny, tmp_path):
-    cfg = TrainingConfig(adapter="lora", lora_rank=4, learning_rate=5e-3, batch_size=4, max_seq_length=16, eval_at_start=False,
-                         bf16=False, seed=1)  # fmt: skip
-    result = train_encoder(tiny, _examples(), tmp_path / "out", cfg)
-    assert result.adapter["kind"] == "lora" and result.trainable_parameters == result.adapter["trainable_parameters"] > 0
-    folder = Path(result.model_dir)
-    manifest = json.loads((folder / "adapter" / "adapter_manifest.json").read_text())
-    from retriever_forge.encoding import model_folder_hash
-
-    assert manifest["base_model_hash"] == model_folder_hash(tiny)
-    from sentence_transformers import SentenceTransformer
-
-    plain = SentenceTransformer(str(folder), device="cpu")  # no retriever_forge module: loads anywhere
-    assert not any("lora" in k for k in plain.state_dict())
-    assert not np.allclose(_vectors(plain), _vectors(_st(tiny)), atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------ pooling
