@@ -72,7 +72,7 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
     import numpy as np
 
     from retriever_forge.artifacts import ArtifactStore
-    from retriever_forge.encoding import corpus_embeddings, encode
+    from retriever_forge.encoding import encode
     from retriever_forge.evaluation import qrels_dict, score_run
     from retriever_forge.fusion import reciprocal_rank_fusion
     from retriever_forge.lexical import bm25_run
@@ -83,7 +83,7 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
     corpus = store.read_table(store.read_pointer("corpus", partition))
     queries = store.read_table(store.read_pointer("eval_queries", partition))
     qrels = qrels_dict(store.read_table(store.read_pointer("eval_qrels", partition)))
-    resource, scratch = EncoderResource(), ArtifactStoreResource().scratch("embeddings")
+    resource, store_resource = EncoderResource(), ArtifactStoreResource()
     ids, texts, doc_ids = queries["query_id"].to_list(), queries["text"].to_list(), corpus["doc_id"].to_list()
     bm25 = bm25_run(corpus, queries, k=depth)
     rows = []
@@ -92,9 +92,9 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
         ("rrf-fine-tuned", str(store.local_path(store.read_pointer("fine_tuned_encoder", partition)))),
     ):
         started = time.perf_counter()
-        enc = resource.load(model)
-        emb = np.asarray(corpus_embeddings(enc, corpus, scratch, resource.batch_size))
-        dense = dense_run(encode(enc, texts), emb, ids, doc_ids, k=depth)
+        enc = resource.load(store_resource, model)
+        emb = np.asarray(enc.encode_corpus(corpus))
+        dense = dense_run(encode(enc.encoder, texts), emb, ids, doc_ids, k=depth)
         per_query, agg = score_run(reciprocal_rank_fusion([bm25, dense], k=60, depth=depth), qrels)
         rows.append({"system": system, **agg, "queries": per_query.height, "seconds": round(time.perf_counter() - started, 1)})
     return rows

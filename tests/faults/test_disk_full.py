@@ -68,7 +68,7 @@ def test_table_write_hitting_a_full_disk_publishes_nothing(store, monkeypatch):
     with pytest.raises(OSError) as info:
         store.put_table(table, "synthetic_queries")
     assert info.value.errno == errno.ENOSPC
-    assert any("nothing was published" in note for note in info.value.__notes__)
+    assert any("nothing was stored" in note for note in info.value.__notes__)
     _assert_only_the_earlier_artifact(store)
     monkeypatch.undo()  # space freed: the same write now succeeds, with the content's own hash
     ref = store.put_table(table, "synthetic_queries")

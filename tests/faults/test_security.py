@@ -151,7 +151,7 @@ def test_the_package_never_unpickles():
     problems = {py.name: found for py in sorted(root.rglob("*.py")) if (found := _unsafe_loads(py.read_text()))}
     assert problems == {}
     # torch.save only writes the trainer's checkpoints (work dir, never published as artifacts)
-    assert sorted(py.name for py in root.rglob("*.py") if "torch.save(" in py.read_text()) == ["training.py"]
+    assert sorted(py.name for py in root.rglob("*.py") if "torch.save(" in py.read_text()) == ["checkpoints.py"]
 
 
 # ------------------------------------------------------------------------------ paths
