@@ -137,3 +137,15 @@ def tiny_decoder(tmp_path_factory) -> str:
                          num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)  # fmt: skip
     LlamaModel(config).save_pretrained(str(root), safe_serialization=True)
     return str(root)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for tiny models: OpenMP's spinning threads only cost time, a lot when
+    another process holds one of the two cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

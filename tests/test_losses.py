@@ -13,13 +13,7 @@ from retriever_forge.losses import graded_listwise_kl, info_nce
 E = math.e
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: OpenMP's spinning threads only cost time (a lot, on a busy 2-core machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def t(x):

@@ -114,31 +114,18 @@ def test_query_movers_report_text_and_best_relevant_rank_before_and_after():
     assert lost["text"] == "text of q5" and lost["best_relevant_rank"] == {"base": 2, "fine-tuned": 3} and lost["delta"] < 0
 
 
+def _fine_tuned_row(**extra) -> dict:
+    """A scoreboard row of the fine-tuned system with fixed scores, plus ``extra`` fields."""
+    scores = {"ndcg_cut_10": 0.5, "recall_100": 1.0, "map": 0.4, "recip_rank": 0.6, "queries": 3, "judged_at_10": 0.5}
+    return {"system": "fine-tuned", **scores, **extra}
+
+
 def test_scoreboard_marks_significant_rows():
-    row = {
-        "system": "fine-tuned",
-        "ndcg_cut_10": 0.5,
-        "recall_100": 1.0,
-        "map": 0.4,
-        "recip_rank": 0.6,
-        "queries": 3,
-        "judged_at_10": 0.5,
-        "vs_base": {"delta": 0.1, "p_value_holm": 0.01},
-        "vs_bm25": {"delta": 0.02, "p_value_holm": 0.4},
-    }
+    row = _fine_tuned_row(vs_base={"delta": 0.1, "p_value_holm": 0.01}, vs_bm25={"delta": 0.02, "p_value_holm": 0.4})
     md = scoreboard_markdown([row], "human")
     assert "+0.1000 (p=0.010) **\\***" in md and "+0.0200 (p=0.400) |" in md
 
 
 def test_scoreboard_labels_a_fine_tuned_row_that_kept_the_base_weights():
-    row = {
-        "system": "fine-tuned",
-        "ndcg_cut_10": 0.5,
-        "recall_100": 1.0,
-        "map": 0.4,
-        "recip_rank": 0.6,
-        "queries": 3,
-        "judged_at_10": 0.5,
-        "kept_base_weights": True,
-    }
+    row = _fine_tuned_row(kept_base_weights=True)
     assert "| fine-tuned (= base weights) |" in scoreboard_markdown([row], "human", notes=["training kept the base weights"])

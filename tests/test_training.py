@@ -53,14 +53,7 @@ def _tiny_model(root) -> str:
     return str(out)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # A 32-wide model is far faster on one thread, and spinning OpenMP threads are very slow
-    # when another process holds one of the two cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
