@@ -72,7 +72,6 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
     import numpy as np
 
     from retriever_forge.artifacts import ArtifactStore
-    from retriever_forge.encoding import encode
     from retriever_forge.evaluation import qrels_dict, score_run
     from retriever_forge.fusion import reciprocal_rank_fusion
     from retriever_forge.lexical import bm25_run
@@ -94,7 +93,7 @@ def rrf_rows(home: Path, partition: str, depth: int = 100) -> list[dict]:
         started = time.perf_counter()
         enc = resource.load(store_resource, model)
         emb = np.asarray(enc.encode_corpus(corpus))
-        dense = dense_run(encode(enc.encoder, texts), emb, ids, doc_ids, k=depth)
+        dense = dense_run(enc.encode_texts(texts), emb, ids, doc_ids, k=depth)
         per_query, agg = score_run(reciprocal_rank_fusion([bm25, dense], k=60, depth=depth), qrels)
         rows.append({"system": system, **agg, "queries": per_query.height, "seconds": round(time.perf_counter() - started, 1)})
     return rows
