@@ -18,7 +18,8 @@ from retriever_forge import adapters
 from retriever_forge.encoding import model_folder_hash
 from retriever_forge.training import TrainingConfig, train_encoder
 from tests.test_encoders import _contrastive_loss, _examples, _st, _train_steps, _vectors
-from tests.test_training import one_thread  # noqa: F401 - the autouse one-thread fixture
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 

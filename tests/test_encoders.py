@@ -12,7 +12,8 @@ import torch
 from retriever_forge import decoder, pooling
 from retriever_forge.encoding import Encoder, encode, encode_queries, open_sentence_transformer
 from retriever_forge.training import TrainingConfig, configure_encoder, train_encoder
-from tests.test_training import one_thread  # noqa: F401 - the autouse one-thread fixture
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TEXTS = ["sort the list of numbers", "hash table index search", "shortest path in a graph", "parser and compiler tree"]
 
