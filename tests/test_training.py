@@ -205,6 +205,35 @@ def test_evaluate_dev_perfect_and_worst_cases(tiny_model):
     assert metrics["mrr@10"] == 1.0 and metrics["recall@1"] == 1.0 and metrics["pool"] == 2
 
 
+def test_corpus_distractors_join_the_dev_pool_and_can_outrank_the_positive(tiny_model):
+    """A corpus passage that is the query itself scores above the positive: with it in the pool
+    (dev_distractors) the positive drops to rank 2; a sample is seeded and capped."""
+    from sentence_transformers import SentenceTransformer
+
+    from retriever_forge.training import _Batchable, dev_pool
+
+    model = SentenceTransformer(tiny_model, device="cpu")
+    dev = _Batchable(["hash table index"], ["a"], ["hash table"], [3.0], [["b"]], [["tcp packet route"]], [[0.0]])
+    corpus = pl.DataFrame({"doc_id": ["a", "c", "d", "e"], "text": ["hash table", "hash table index", "sort list", "graph path"]})
+    pool = dev_pool(dev, corpus, distractors=10)
+    assert sorted(pool.ids) == ["a", "b", "c", "d", "e"]  # the positive "a" is not added twice
+    metrics = evaluate_dev(model, dev, pool)
+    assert metrics["pool"] == 5 and metrics["recall@1"] == 0.0 and metrics["mrr@10"] == 0.5
+    small = dev_pool(dev, corpus, distractors=2, seed=1)
+    assert len(small.texts) <= 4 and small.ids == dev_pool(dev, corpus, distractors=2, seed=1).ids
+    assert dev_pool(dev, corpus, distractors=0).texts == ["hash table", "tcp packet route"]
+
+
+def test_dev_corpus_changes_the_dev_pool_and_the_checkpoint_fingerprint(tiny_model, tmp_path):
+    examples = _examples(3, 1)
+    corpus = pl.DataFrame({"doc_id": [f"x{i}" for i in range(6)], "text": [f"{w} filler text" for w in "abcdef"]})
+    cfg = TrainingConfig(epochs=1, **FAST)
+    lists_only = train_encoder(tiny_model, examples, tmp_path / "lists", cfg)
+    with_corpus = train_encoder(tiny_model, examples, tmp_path / "lists", cfg, dev_corpus=corpus)
+    assert with_corpus.resumed_from_step is None  # another dev pool: the first run's checkpoint is not resumed
+    assert with_corpus.dev_metrics[0]["pool"] == lists_only.dev_metrics[0]["pool"] + 6
+
+
 def test_time_budget_and_max_steps_stop_training(tiny_model, tmp_path):
     examples = _examples(4, 1)
     budget = train_encoder(tiny_model, examples, tmp_path / "budget", TrainingConfig(epochs=2, time_budget_s=0.0, **FAST))

@@ -156,10 +156,13 @@ class TorchrunLaunch:
     executable: str | None = None  # path of the torchrun / accelerate script (default: from PATH)
     extra_env: dict[str, str] = field(default_factory=dict)
 
-    def command(self, examples: str | Path, base_model: str, output_dir: str | Path, config: dict | None = None) -> list[str]:
-        """The argv to run (a list: no shell quoting issues)."""
+    def command(self, examples: str | Path, base_model: str, output_dir: str | Path, config: dict | None = None,
+                dev_corpus: str | Path | None = None) -> list[str]:  # fmt: skip
+        """The argv to run (a list: no shell quoting issues); ``dev_corpus``: a parquet of ``doc_id, text`` for the dev pool."""
         cli = ["-m", "retriever_forge.orchestration.train_cli", "--examples", str(examples), "--base-model", base_model,
                "--output-dir", str(output_dir), "--config-json", json.dumps(config or {}, sort_keys=True)]  # fmt: skip
+        if dev_corpus is not None:
+            cli += ["--dev-corpus", str(dev_corpus)]
         if self.launcher == "torchrun":
             head = [self.executable or "torchrun", "--nproc_per_node", str(self.nproc_per_node), "--nnodes", str(self.nnodes)]
             if self.nnodes > 1:
@@ -190,7 +193,8 @@ class TorchrunLaunch:
 
 
 def run_training_with_pipes(context, launch: TorchrunLaunch, examples: str | Path, base_model: str, output_dir: str | Path,
-                            config: dict | None = None, pipes_client=None, env: dict[str, str] | None = None):  # fmt: skip
+                            config: dict | None = None, pipes_client=None, env: dict[str, str] | None = None,
+                            dev_corpus: str | Path | None = None):  # fmt: skip
     """Launch the training command from an asset with Dagster Pipes; returns the Pipes result
     (``.get_materialize_result()`` carries rank 0's metadata: steps, final loss, weights hash).
 
@@ -200,7 +204,7 @@ def run_training_with_pipes(context, launch: TorchrunLaunch, examples: str | Pat
     import dagster as dg
 
     client = pipes_client or dg.PipesSubprocessClient()
-    return client.run(context=context, command=launch.command(examples, base_model, output_dir, config),
+    return client.run(context=context, command=launch.command(examples, base_model, output_dir, config, dev_corpus),
                       env={**launch.extra_env, **(env or {})})  # fmt: skip
 
 

@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-model", required=True)
     ap.add_argument("--output-dir", required=True)
     ap.add_argument("--config-json", default="{}", help="TrainingConfig fields as JSON")
+    ap.add_argument(
+        "--dev-corpus", help="Parquet file of doc_id, text: the corpus dev queries are ranked against (TrainingConfig.dev_distractors)"
+    )
     ap.add_argument("--no-resume", action="store_true")
     args = ap.parse_args(argv)
 
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(cfg.device))
     examples = pl.read_parquet(args.examples)
+    dev_corpus = pl.read_parquet(args.dev_corpus) if args.dev_corpus else None
     out = Path(args.output_dir)
     sync = None
     if world > 1:
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             out = out / "ranks" / f"rank-{rank}"  # checkpoints of the other ranks; rank 0 publishes
     pipes = _open_pipes() if rank == 0 else None
     try:
-        result = train_encoder(args.base_model, examples, out, cfg, resume=not args.no_resume, grad_sync=sync)
+        result = train_encoder(args.base_model, examples, out, cfg, resume=not args.no_resume, grad_sync=sync, dev_corpus=dev_corpus)
         summary = {
             "world_size": world,
             "steps": len(result.history),

@@ -8,7 +8,7 @@ import polars as pl
 from pydantic import Field
 
 from retriever_forge.artifacts import ArtifactRef
-from retriever_forge.datasets import passage_text
+from retriever_forge.datasets import passage_text, passage_text_expr
 from retriever_forge.hashing import hash_file, hash_json
 from retriever_forge.judging import steering_judgments
 from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
@@ -45,7 +45,7 @@ class TrainingExamplesConfig(dg.Config):
 
 class FineTuneConfig(stage_config(TrainingConfig, (
     "epochs", "learning_rate", "batch_size", "temperature", "loss", "graded_weight", "negatives_per_example", "max_seq_length",
-    "topic_batches", "early_stopping_patience", "min_dev_gain_z", "bf16", "seed", "grad_cache_chunk_size", "gradient_checkpointing",
+    "topic_batches", "early_stopping_patience", "min_dev_gain_z", "dev_distractors", "bf16", "seed", "grad_cache_chunk_size", "gradient_checkpointing",
     "adapter", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "tunable_parameter_budget", "pooling",
     "latent_attention_latents", "latent_attention_heads", "bidirectional", "query_instruction"), budget=True)):  # fmt: skip
     """Fine-tuning (:class:`~retriever_forge.training.TrainingConfig`); the graded loss is off when the judge failed its self-check."""
@@ -179,13 +179,17 @@ def training_examples(
 def fine_tuned_encoder(
     context: dg.AssetExecutionContext,
     config: FineTuneConfig,
+    corpus: ArtifactRef,
     training_examples: ArtifactRef,
     artifact_store: ArtifactStoreResource,
     encoder: EncoderResource,
 ):
-    """The base encoder fine-tuned on the training examples; a sentence-transformers folder (safetensors)."""
+    """The base encoder fine-tuned on the training examples; a sentence-transformers folder (safetensors).
+
+    Dev queries are ranked against the corpus (a sample of ``dev_distractors`` passages), as the benchmark ranks them."""
     store = artifact_store.get_store()
     examples = store.read_table(training_examples)
+    dev_corpus = store.read_table(corpus).select(pl.col("doc_id").cast(pl.String), text=passage_text_expr())
     # A judge that failed its self-check must not steer the loss: its grades would be noise.
     judge = judge_verdict(store, training_examples)
     loss = config.loss
@@ -197,9 +201,11 @@ def fine_tuned_encoder(
         base = encoder.load(artifact_store)
         # The work folder is keyed by everything that determines the result, so a resumed run
         # continues from its own checkpoints and never from another configuration's.
-        run_key = hash_json({"examples": training_examples.hash, "base": base.encoder.weights_hash, "config": dataclasses.asdict(tc)})[:16]
+        run_key = hash_json(
+            {"examples": training_examples.hash, "corpus": corpus.hash, "base": base.encoder.weights_hash, "config": dataclasses.asdict(tc)}
+        )[:16]
         out_dir = artifact_store.scratch("training", context.partition_key, run_key)
-        result = train_encoder(base.encoder.path, examples, out_dir, tc, progress=log_progress(context), resume=True)
+        result = train_encoder(base.encoder.path, examples, out_dir, tc, progress=log_progress(context), resume=True, dev_corpus=dev_corpus)
         card_facts = training_card_facts(store, training_examples, examples, base_model=base.name, base_weights_hash=base.encoder.weights_hash,
                                          dataset=context.partition_key, config=tc, result=result)  # fmt: skip
         card = write_model_card(result.model_dir, card_facts)
@@ -230,7 +236,7 @@ def fine_tuned_encoder(
     last_dev = result.dev_metrics[-1] if result.dev_metrics else {}
     training.update({"dev_gain": last_dev.get("gain"), "dev_gain_z": last_dev.get("gain_z")})
     yield artifact_output(
-        context, store, ref, upstream={"training_examples": training_examples}, timing=t,
+        context, store, ref, upstream={"corpus": corpus, "training_examples": training_examples}, timing=t,
         rows=int(examples.height), config={**dataclasses.asdict(tc), "budget": config.budget},  # resolved, shown once
         models={"base_encoder": base.record(), "fine_tuned_encoder": artifact_model("fine_tuned_encoder", ref, precision=result.precision)},
         seeds={"seed": tc.seed},
