@@ -36,10 +36,43 @@ def progress_enabled() -> bool:
     return os.environ.get(ENV) == "1"
 
 
+_open_bars = 0  # bars showing now: an inner bar (a backend call inside the LLM cache's) stays silent
+
+
+class _Bar:
+    """A tqdm bar that, while open, silences the bars opened inside it."""
+
+    def __init__(self, bar):
+        global _open_bars
+        self._bar = bar
+        _open_bars += 1
+
+    def update(self, n: int = 1) -> None:
+        self._bar.update(n)
+
+    def close(self) -> None:
+        global _open_bars
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+            _open_bars -= 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool | None = None):
-    """A tqdm bar when progress is enabled and ``total`` is worth one, else a no-op with the same methods."""
-    if not (progress_enabled() if enabled is None else enabled) or total < MIN_ITEMS:
+    """A tqdm bar when progress is enabled, ``total`` is worth one and no other bar is open,
+    else a no-op with the same methods.
+
+    The LLM cache sends prompts to the backend in groups of 32: its bar counts the whole call,
+    and each group's own bar (too small, and nested) stays silent.
+    """
+    if not (progress_enabled() if enabled is None else enabled) or total < MIN_ITEMS or _open_bars:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"  {desc}", unit=unit, file=sys.stderr, mininterval=1.0, leave=False, dynamic_ncols=True)
+    return _Bar(tqdm(total=total, desc=f"  {desc}", unit=unit, file=sys.stderr, mininterval=1.0, leave=False, dynamic_ncols=True))

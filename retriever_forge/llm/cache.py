@@ -45,6 +45,7 @@ from pathlib import Path
 
 from retriever_forge.hashing import hash_json
 from retriever_forge.llm.base import Generation, LLMBackend, SamplingParams
+from retriever_forge.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -231,40 +232,42 @@ class CachedLLM:
         self.stats["hits"] += sum(1 for k in keys if k in stored)
         self.stats["misses"] += missing
         done = 0
-        for group in todo:
-            t0 = time.perf_counter()
-            results = run([prompts[first_index[k]] for k in group])
-            elapsed = time.perf_counter() - t0
-            if len(results) != len(group):
-                raise RuntimeError(f"backend returned {len(results)} results for {len(group)} prompts")
-            self.stats["backend_calls"] += 1
-            self.stats["seconds"] += elapsed
-            now = time.time()
-            rows = []
-            for key, result in zip(group, results, strict=True):
-                text, logprobs, prompt_tokens, completion_tokens = row(result)
-                self.stats["prompt_tokens"] += prompt_tokens
-                self.stats["completion_tokens"] += completion_tokens
-                if key in stored:
-                    self.stats["group_reruns"] += 1  # computed only to keep the group's batch intact
-                    continue
-                rows.append(
-                    (key, kind, self.backend.model_id, self.backend.weights_hash, request,
-                     text, logprobs, prompt_tokens, completion_tokens, now)
-                )  # fmt: skip
-                fresh[key] = result
-            with self._conn:  # one transaction per group: committed before the next group starts
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO generations (key, kind, model_id, weights_hash, request, text, "
-                    "logprobs, prompt_tokens, completion_tokens, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
-            done += len(rows)
-            if self.progress is not None:
-                self.progress(
-                    f"{self.model_id}: {done}/{missing} {kind} requests generated "
-                    f"({len(first_index) - missing} from cache, {elapsed:.1f}s for the last batch)"
-                )
+        with progress_bar(sum(map(len, todo)), "generate" if kind == "generate" else "judge", unit="prompt") as bar:
+            for group in todo:
+                t0 = time.perf_counter()
+                results = run([prompts[first_index[k]] for k in group])
+                elapsed = time.perf_counter() - t0
+                if len(results) != len(group):
+                    raise RuntimeError(f"backend returned {len(results)} results for {len(group)} prompts")
+                self.stats["backend_calls"] += 1
+                self.stats["seconds"] += elapsed
+                now = time.time()
+                rows = []
+                for key, result in zip(group, results, strict=True):
+                    text, logprobs, prompt_tokens, completion_tokens = row(result)
+                    self.stats["prompt_tokens"] += prompt_tokens
+                    self.stats["completion_tokens"] += completion_tokens
+                    if key in stored:
+                        self.stats["group_reruns"] += 1  # computed only to keep the group's batch intact
+                        continue
+                    rows.append(
+                        (key, kind, self.backend.model_id, self.backend.weights_hash, request,
+                         text, logprobs, prompt_tokens, completion_tokens, now)
+                    )  # fmt: skip
+                    fresh[key] = result
+                with self._conn:  # one transaction per group: committed before the next group starts
+                    self._conn.executemany(
+                        "INSERT OR REPLACE INTO generations (key, kind, model_id, weights_hash, request, text, "
+                        "logprobs, prompt_tokens, completion_tokens, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        rows,
+                    )
+                done += len(rows)
+                bar.update(len(group))
+                if self.progress is not None:
+                    self.progress(
+                        f"{self.model_id}: {done}/{missing} {kind} requests generated "
+                        f"({len(first_index) - missing} from cache, {elapsed:.1f}s for the last batch)"
+                    )
 
     def __len__(self) -> int:
         """Number of stored entries."""
