@@ -64,14 +64,15 @@ class _Bar:
         self.close()
 
 
-def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool | None = None):
+def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool | None = None, min_items: int = MIN_ITEMS):
     """A tqdm bar when progress is enabled, ``total`` is worth one and no other bar is open,
     else a no-op with the same methods.
 
     The LLM cache sends prompts to the backend in groups of 32: its bar counts the whole call,
-    and each group's own bar (too small, and nested) stays silent.
+    and each group's own bar (too small, and nested) stays silent. ``min_items``: the smallest
+    total worth a bar; lower it for slow items (a training step takes seconds).
     """
-    if not (progress_enabled() if enabled is None else enabled) or total < MIN_ITEMS or _open_bars:
+    if not (progress_enabled() if enabled is None else enabled) or total < min_items or _open_bars:
         return _NoBar()
     from tqdm.auto import tqdm
 

@@ -46,3 +46,22 @@ def test_the_llm_cache_shows_one_bar_for_a_call_sent_in_many_groups(monkeypatch,
     assert "/64 " not in err and err.count("generate:") == 1  # each group's own bar stayed silent
     llm.generate([f"prompt {i}" for i in range(200)], SamplingParams(max_new_tokens=4))
     assert backend.calls == 4 and "generate" not in capsys.readouterr().err  # all cached: nothing to show
+
+
+def test_training_shows_a_bar_even_for_few_steps(monkeypatch, capsys):
+    """A training step takes seconds: 17 steps are minutes, worth a bar (the 64-item floor is for prompts)."""
+    from retriever_forge.orchestration.assets.common import log_progress
+
+    class Log:
+        def info(self, message):
+            pass
+
+    class Context:
+        log = Log()
+
+    monkeypatch.setenv("RETRIEVER_FORGE_PROGRESS", "1")
+    report = log_progress(Context())
+    for step in range(1, 18):
+        report({"step": step, "total_steps": 17, "loss": 0.1})
+    err = capsys.readouterr().err
+    assert "train:" in err and "/17 " in err  # redrawn at most once a second, so the last count may not show

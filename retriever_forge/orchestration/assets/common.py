@@ -449,7 +449,9 @@ def log_progress(context: dg.AssetExecutionContext):
 
     def report(message) -> None:
         if isinstance(message, dict) and "step" in message and "total_steps" in message:
-            bar = bars.get("train") or bars.setdefault("train", progress_bar(int(message["total_steps"]), "train", unit="step"))
+            bar = bars.get("train") or bars.setdefault(
+                "train", progress_bar(int(message["total_steps"]), "train", unit="step", min_items=2)
+            )
             bar.update(1)
             if message["step"] >= message["total_steps"]:
                 bar.close()
