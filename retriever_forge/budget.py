@@ -49,9 +49,10 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
 }
 
-# Throughput measured on the development machine (2-core EPYC, bfloat16, SmolLM2-135M,
-# all-MiniLM-L6-v2): the plan's time estimate. A faster backend only makes the run shorter.
-MEASURED_THROUGHPUT = {"generations_per_s": 8.0, "judgments_per_s": 8.0, "train_examples_per_s": 7.0, "passages_encoded_per_s": 30.0}
+# Throughput assumed until this machine has measured its own (:class:`ThroughputLog`): measured on
+# a 2-core EPYC with native bfloat16 (AMX), SmolLM2-135M and all-MiniLM-L6-v2. A CPU without it
+# (AVX2 only: float32) is several times slower: about 1.5 generations/s and 1.5 examples/s.
+ASSUMED_THROUGHPUT = {"generations_per_s": 8.0, "judgments_per_s": 8.0, "train_examples_per_s": 7.0, "passages_encoded_per_s": 30.0}
 KEPT_SHARE = 0.6  # share of generated queries the filters kept on cacm and msmarco-5k
 
 
@@ -100,7 +101,7 @@ def estimate_plan(
     qpd = queries_per_document or gen.get("queries_per_document", 1)
     cal = calibration_queries if calibration_queries is not None else jud.get("calibration_queries", 0)
     cands = candidates_per_query if candidates_per_query is not None else jud.get("candidates_per_query", 1)
-    rate = {**MEASURED_THROUGHPUT, **(throughput or {})}
+    rate = {**ASSUMED_THROUGHPUT, **(throughput or {})}
     passages = eligible_passages if n_docs is None else min(n_docs, eligible_passages)
     generations = passages * qpd
     kept = int(generations * KEPT_SHARE)
@@ -123,6 +124,7 @@ def estimate_plan(
         "estimated_minutes": round(seconds / 60, 1),
         "estimated_minutes_if_judge_passes": round((seconds + full_judgments / rate["judgments_per_s"]) / 60, 1),
         "throughput_assumed": rate,
+        "throughput_measured_here": sorted(throughput or {}),
     }
 
 
@@ -131,6 +133,73 @@ def plan_message(plan: dict) -> str:
         f"plan ({plan['budget']} budget): {plan['passages']} passages -> {plan['generations']} generated queries "
         f"(~{plan['expected_kept_queries']} kept), judge calibration {plan['calibration_pairs']} pairs "
         f"(+{plan['judgments_if_judge_passes']} if the judge passes); about {plan['estimated_minutes']} min "
-        f"({plan['estimated_minutes_if_judge_passes']} min if the judge is used) at the throughput measured on a 2-core CPU "
-        f"({plan['throughput_assumed']['generations_per_s']} generations/s)"
+        f"({plan['estimated_minutes_if_judge_passes']} min if the judge is used) at "
+        f"{plan['throughput_assumed']['generations_per_s']} generations/s and {plan['throughput_assumed']['train_examples_per_s']} "
+        f"training examples/s ({_rate_source(plan.get('throughput_measured_here', []))})"
     )
+
+
+def _rate_source(measured: list[str]) -> str:
+    if not measured:
+        return "assumed: not yet measured on this machine; a finished run records its own"
+    rest = sorted(set(ASSUMED_THROUGHPUT) - set(measured))
+    return f"measured on this machine by earlier runs: {', '.join(measured)}" + (f"; assumed: {', '.join(rest)}" if rest else "")
+
+
+class ThroughputLog:
+    """The rates earlier runs measured on this machine, so the next plan's minutes are this machine's.
+
+    One small JSON file in the work folder (``work/throughput.json``; a work folder is local to a
+    machine): per rate, the last measurement and the model it was measured with. A rate
+    measured with another model is not used (a larger generator is slower).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> log = ThroughputLog(pathlib.Path(tempfile.mkdtemp()) / "throughput.json")
+        >>> log.record("generations_per_s", count=300, seconds=200.0, model="smollm2")
+        >>> log.rates({"generations_per_s": "smollm2"}), log.rates({"generations_per_s": "gemma"})
+        ({'generations_per_s': 1.5}, {})
+    """
+
+    MIN_COUNT = 32  # fewer items than one batch say little about a rate
+
+    def __init__(self, path) -> None:
+        from pathlib import Path
+
+        self.path = Path(path)
+
+    def _read(self) -> dict:
+        import json
+
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}  # none yet, or unreadable: the plan falls back to the assumed rates
+        return data if isinstance(data, dict) else {}
+
+    def rates(self, models: dict[str, str]) -> dict[str, float]:
+        """The measured rates whose model matches ``models`` (rate name -> model id)."""
+        data = self._read()
+        return {
+            name: float(entry["per_s"])
+            for name, model in models.items()
+            if isinstance(entry := data.get(name), dict) and entry.get("model") == model and entry.get("per_s", 0) > 0
+        }
+
+    def record(self, name: str, count: int, seconds: float, model: str) -> None:
+        """Keep ``count / seconds`` as this machine's ``name`` rate (ignored for tiny or untimed work)."""
+        import json
+        import os
+        import time
+
+        if name not in ASSUMED_THROUGHPUT:
+            raise ValueError(f"unknown rate {name!r}; one of {', '.join(ASSUMED_THROUGHPUT)}")
+        if count < self.MIN_COUNT or seconds <= 0:
+            return
+        data = self._read()
+        data[name] = {"per_s": round(count / seconds, 3), "count": int(count), "seconds": round(seconds, 1), "model": model,
+                      "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)  # atomic: a concurrent reader sees the old file or the new one

@@ -2,7 +2,7 @@
 
 import pytest
 
-from retriever_forge.budget import BUDGETS, PRESETS, estimate_plan, plan_message, preset_values, with_budget
+from retriever_forge.budget import BUDGETS, PRESETS, ThroughputLog, estimate_plan, plan_message, preset_values, with_budget
 from retriever_forge.datasets import DatasetError, DatasetSpec, load_registry
 from retriever_forge.orchestration.assets.common import resolve_config, run_config_values
 from retriever_forge.orchestration.assets.generation import RelevanceJudgmentsConfig, SyntheticQueriesConfig
@@ -77,3 +77,28 @@ def test_a_run_config_value_equal_to_the_default_still_beats_the_preset():
     assert dg.materialize([probe], run_config={"ops": {"synthetic_queries": {"config": {"queries_per_document": 1}}}}).success
     assert dg.materialize([probe]).success
     assert seen == [1, 3]
+
+
+def test_the_plan_uses_the_rates_this_machine_measured(tmp_path):
+    log = ThroughputLog(tmp_path / "throughput.json")
+    assumed = estimate_plan(eligible_passages=1000, budget="standard")
+    assert "assumed: not yet measured" in plan_message(assumed)
+    # A machine four times slower than the assumed rate: 2 generations/s measured over 600.
+    log.record("generations_per_s", count=600, seconds=300.0, model="smollm2")
+    log.record("judgments_per_s", count=10, seconds=100.0, model="smollm2")  # under one batch: not a measurement
+    rates = log.rates({"generations_per_s": "smollm2", "judgments_per_s": "smollm2", "train_examples_per_s": "minilm"})
+    assert rates == {"generations_per_s": 2.0}
+    measured = estimate_plan(eligible_passages=1000, budget="standard", throughput=rates)
+    # 3,000 generations at 2/s instead of 8/s: 18.75 minutes more.
+    assert measured["estimated_minutes"] - assumed["estimated_minutes"] == pytest.approx(3000 / 2 / 60 - 3000 / 8 / 60, abs=0.1)
+    assert "measured on this machine by earlier runs: generations_per_s" in plan_message(measured)
+    # A rate measured with another generator is not this generator's.
+    assert log.rates({"generations_per_s": "gemma"}) == {}
+
+
+def test_a_broken_throughput_file_falls_back_to_the_assumed_rates(tmp_path):
+    path = tmp_path / "throughput.json"
+    path.write_text("{not json")
+    assert ThroughputLog(path).rates({"generations_per_s": "smollm2"}) == {}
+    with pytest.raises(ValueError, match="unknown rate"):
+        ThroughputLog(path).record("tokens_per_s", 100, 1.0, "x")

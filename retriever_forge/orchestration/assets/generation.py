@@ -83,10 +83,11 @@ def synthetic_queries(
     typed = run_config_values(context, "relevance_judgments")  # the judge's values as this run will resolve them
     judging = resolve_config(RelevanceJudgmentsConfig(**{**typed, "budget": typed.get("budget", config.budget)}), spec, "relevance_judgments",
                              explicit=set(typed) | {"budget"})  # fmt: skip
+    rates = artifact_store.throughput_log()
     plan = estimate_plan(
         eligible.height, config.budget, corpus_passages=corpus_df.height, documents_to_sample=qg.documents_to_sample,
         queries_per_document=qg.queries_per_document, calibration_queries=judging.calibration_queries,
-        candidates_per_query=judging.candidates_per_query,
+        candidates_per_query=judging.candidates_per_query, throughput=rates.rates(throughput_models(llm, encoder)),
     )  # fmt: skip
     plan["min_passage_words"] = min_words
     context.log.info(plan_message(plan) + (f"; passages need {min_words}+ words" if min_words else ""))
@@ -102,6 +103,7 @@ def synthetic_queries(
         ref = store.put_table(queries, "synthetic_queries")
     summary = generation_summary(queries)
     stats = {k: generator.stats.get(k, 0) + completer.stats.get(k, 0) for k in set(generator.stats) | set(completer.stats)}
+    rates.record("generations_per_s", stats.get("misses", 0), stats.get("seconds", 0.0), llm.rate_key())
     templates = {s: t.as_record() for s, t in style_templates(qg).items()}
     models = {"generator": llm.record(generator)}
     if qg.round_trip_k:
@@ -129,6 +131,12 @@ def synthetic_queries(
         check_name="enough_queries", passed=summary["splits"].get("train", 0) > 0,
         metadata={"kept": summary["kept"], "splits": dg.MetadataValue.json(summary["splits"])},
     )  # fmt: skip
+
+
+def throughput_models(llm: LLMResource, encoder: EncoderResource) -> dict[str, str]:
+    """Per rate of the plan, what it was measured with (a rate measured with another model is not used)."""
+    return {"generations_per_s": llm.rate_key(), "judgments_per_s": llm.rate_key(),
+            "train_examples_per_s": encoder.model, "passages_encoded_per_s": encoder.model}  # fmt: skip
 
 
 def query_sample_markdown(queries: pl.DataFrame, corpus: pl.DataFrame, seed: int) -> str:
@@ -205,6 +213,7 @@ def relevance_judgments(
             judged = judge_pairs(pairs, judge, cfg, progress=progress)
             judgments = judged if calibration is None else pl.concat([calibration, judged])
         ref = store.put_table(judgments, "relevance_judgments")
+    artifact_store.throughput_log().record("judgments_per_s", judge.stats.get("misses", 0), judge.stats.get("seconds", 0.0), llm.rate_key())
     summary = judgment_summary(judgments, ("source", "candidate", *CALIBRATION_TYPES))
     template = load_template(cfg.template)
     models = {"judge": llm.record(judge)}

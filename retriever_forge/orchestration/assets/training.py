@@ -210,6 +210,7 @@ def fine_tuned_encoder(
                                          dataset=context.partition_key, config=tc, result=result)  # fmt: skip
         card = write_model_card(result.model_dir, card_facts)
         ref = store.put_folder(result.model_dir, "fine_tuned_encoder")
+    artifact_store.throughput_log().record("train_examples_per_s", result.examples_seen, result.seconds, encoder.model)
     losses = [h["loss"] for h in result.history]
     finite = all(math.isfinite(x) for x in losses)
     trend = loss_trend(losses)

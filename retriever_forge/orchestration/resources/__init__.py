@@ -43,6 +43,12 @@ class ArtifactStoreResource(dg.ConfigurableResource):
     def get_store(self) -> ArtifactStore:
         return ArtifactStore(self.root, cache_dir=Path(self.work_dir) / "artifact-cache")
 
+    def throughput_log(self):
+        """The rates earlier runs measured on this machine (``work/throughput.json``), for the plan."""
+        from retriever_forge.budget import ThroughputLog
+
+        return ThroughputLog(Path(self.work_dir) / "throughput.json")
+
     def scratch(self, *parts: str) -> Path:
         """A folder under ``work_dir``; parts that would lead outside it (``..``, absolute) are refused."""
         root = Path(self.work_dir).resolve()
@@ -110,6 +116,10 @@ class LLMResource(dg.ConfigurableResource):
     def record(self, model) -> dict:
         """The provenance record of a model :meth:`build` returned: its id, weights hash, backend and numerics."""
         return {"id": model.model_id, "weights_hash": model.weights_hash, "backend": self.backend, "numerics": model.numerics}
+
+    def rate_key(self) -> str:
+        """What a measured LLM throughput depends on here (:class:`retriever_forge.budget.ThroughputLog`)."""
+        return f"{self.backend}:{self.model or 'bundled'}:{self.dtype}:{self.device or 'auto'}"
 
 
 class EncoderResource(dg.ConfigurableResource):
