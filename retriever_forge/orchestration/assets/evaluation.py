@@ -13,7 +13,9 @@ from retriever_forge.artifacts import ArtifactRef, ArtifactStore
 from retriever_forge.evaluation import qrels_dict, query_movers, score_systems, scoreboard_markdown, synthetic_eval_set
 from retriever_forge.fusion import choose_fusion, fuse
 from retriever_forge.indexing import IndexConfig, build_corpus_index, load_corpus_index, read_fusion, write_fusion
+from retriever_forge.judging import judge_verdict
 from retriever_forge.lexical import bm25_run
+from retriever_forge.model_card import published_weights
 from retriever_forge.orchestration.assets.common import (
     GPU_POOL,
     Check,
@@ -23,7 +25,6 @@ from retriever_forge.orchestration.assets.common import (
     stage_config,
     timed,
 )
-from retriever_forge.orchestration.assets.training import judge_verdict
 from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
 from retriever_forge.search import dense_run
 
@@ -98,18 +99,6 @@ def _fusion_markdown(fusion: dict) -> str:
     return "\n".join(
         [*lines, "", "Chosen on the synthetic dev queries only (never the test qrels); stored with the index as `fusion.json`."]
     )
-
-
-def published_weights(store, fine_tuned_encoder: ArtifactRef) -> str:
-    """``base`` when no training step beat the base model on dev (its weights were published),
-    else ``fine-tuned (step N of M)``."""
-    training = ((store.read_manifest(fine_tuned_encoder) or {}).get("extra") or {}).get("training") or {}
-    # kept_base_weights: step 0 won a dev evaluation (without dev queries the last step's weights are published)
-    if training.get("kept_base_weights", training.get("best_step") == 0):
-        return "base"
-    if not training.get("best_step"):  # no dev evaluation picked a step: the last one's weights
-        return f"fine-tuned (last step, {training.get('steps')}; no dev evaluation)"
-    return f"fine-tuned (step {training.get('best_step')} of {training.get('steps')})"
 
 
 @stage_asset(
