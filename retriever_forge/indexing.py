@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retriever_forge.search import search_index
+
 INDEX_FILE = "index.faiss"
 IDS_FILE = "doc_ids.json"
 META_FILE = "meta.json"
@@ -240,16 +242,15 @@ def calibrate(index, embeddings: np.ndarray, params: IndexParams | None = None, 
         queries = np.ascontiguousarray(np.asarray(queries)[np.sort(pick)], dtype=np.float32)
     exact = faiss.IndexFlatIP(embeddings.shape[1])
     add_in_chunks(exact, embeddings)
-    _, truth = exact.search(queries, k)
+    _, truth = search_index(exact, queries, k)
     del exact
 
     def recall() -> float:
-        _, got = index.search(queries, k)
+        _, got = search_index(index, queries, k)  # raises an HNSW efSearch below k to k first
         return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(got, truth, strict=True)]))
 
     hnsw = getattr(index, "hnsw", None)
     if hnsw is not None:
-        hnsw.efSearch = max(hnsw.efSearch, k)
         r = recall()
         while r < p.target_recall and hnsw.efSearch < 4096:
             hnsw.efSearch = math.ceil(hnsw.efSearch * 1.5)
