@@ -216,7 +216,7 @@ def samples(store: ArtifactStore, graph: dict[str, dict], n: int = SAMPLE_ROWS) 
 
 def scoreboard(store: ArtifactStore, ref: ArtifactRef, extra_rows: list[dict] | None = None) -> list[dict] | None:
     """Mean measures per system from a ``benchmark_scores`` table; fields of ``extra_rows`` (the
-    published scoreboard file, e.g. significance tests) are merged in by system."""
+    scoreboard file the benchmark wrote, e.g. significance tests) are merged in by system."""
     table = _read(store, ref)
     if table is None or "system" not in table.columns:
         return None
@@ -275,7 +275,7 @@ def build_audit(
         check_results: asset check evaluations of the runs in the lineage, each ``{asset,
             check_name, passed, severity, run_id, metadata}``; None when no instance was reachable.
         checks_note: what the report says about where the check results came from.
-        scoreboard_extra: rows of the published scoreboard file (extra per-system fields).
+        scoreboard_extra: rows of the scoreboard file on disk (extra per-system fields).
     """
     graph = lineage_graph(store, content_hash)
     order = topological(graph)

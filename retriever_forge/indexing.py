@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retriever_forge.search import search_index
+
 INDEX_FILE = "index.faiss"
 IDS_FILE = "doc_ids.json"
 META_FILE = "meta.json"
@@ -83,7 +85,22 @@ class IndexParams:
         return min(nlist, self.nprobe or max(16, nlist // 4))
 
 
-def resolve_index_type(n: int, index_type: str = "auto", exact_max_docs: int = 200_000, gpu: bool = False) -> str:
+@dataclass
+class IndexConfig:
+    """Which FAISS index a corpus gets: the defaults of every index builder here and of the ``corpus_index`` asset.
+
+    Args:
+        index_type: flat | hnsw | ivf | ivfpq | auto (flat up to exact_max_docs vectors, then HNSW).
+        exact_max_docs: auto: largest corpus indexed exactly.
+    """
+
+    index_type: str = "auto"
+    exact_max_docs: int = 200_000
+
+
+def resolve_index_type(
+    n: int, index_type: str = IndexConfig.index_type, exact_max_docs: int = IndexConfig.exact_max_docs, gpu: bool = False
+) -> str:
     """``auto``: exact search up to ``exact_max_docs`` vectors, then HNSW, or IVF where the index
     will be searched on a GPU (faiss has no GPU HNSW).
 
@@ -97,7 +114,13 @@ def resolve_index_type(n: int, index_type: str = "auto", exact_max_docs: int = 2
     return index_type
 
 
-def make_index(dimension: int, n: int, index_type: str = "auto", exact_max_docs: int = 200_000, params: IndexParams | None = None):
+def make_index(
+    dimension: int,
+    n: int,
+    index_type: str = IndexConfig.index_type,
+    exact_max_docs: int = IndexConfig.exact_max_docs,
+    params: IndexParams | None = None,
+):
     """An empty (untrained) inner-product index for ``n`` vectors, and its resolved type."""
     import faiss
 
@@ -149,8 +172,8 @@ def add_in_chunks(index, embeddings: np.ndarray, chunk_rows: int = 65_536, start
         index.add(np.ascontiguousarray(embeddings[s : min(s + chunk_rows, stop)], dtype=np.float32))
 
 
-def build_index(embeddings: np.ndarray, index_type: str = "auto", exact_max_docs: int = 200_000, params: IndexParams | None = None,
-                chunk_rows: int = 65_536, calibration_queries: np.ndarray | None = None):  # fmt: skip
+def build_index(embeddings: np.ndarray, index_type: str = IndexConfig.index_type, exact_max_docs: int = IndexConfig.exact_max_docs,
+                params: IndexParams | None = None, chunk_rows: int = 65_536, calibration_queries: np.ndarray | None = None):  # fmt: skip
     """A trained, filled (and calibrated) index over ``embeddings`` and its resolved type."""
     p = params or IndexParams()
     index, kind = make_index(embeddings.shape[1], embeddings.shape[0], index_type, exact_max_docs, params=p)
@@ -166,7 +189,7 @@ def build_search_index(
     index_type: str = "flat",
     *,
     params: IndexParams | None = None,
-    exact_max_docs: int = 200_000,
+    exact_max_docs: int = IndexConfig.exact_max_docs,
     calibration_queries: np.ndarray | None = None,
     use_gpu: bool | None = None,
 ):
@@ -219,16 +242,15 @@ def calibrate(index, embeddings: np.ndarray, params: IndexParams | None = None, 
         queries = np.ascontiguousarray(np.asarray(queries)[np.sort(pick)], dtype=np.float32)
     exact = faiss.IndexFlatIP(embeddings.shape[1])
     add_in_chunks(exact, embeddings)
-    _, truth = exact.search(queries, k)
+    _, truth = search_index(exact, queries, k)
     del exact
 
     def recall() -> float:
-        _, got = index.search(queries, k)
+        _, got = search_index(index, queries, k)  # raises an HNSW efSearch below k to k first
         return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(got, truth, strict=True)]))
 
     hnsw = getattr(index, "hnsw", None)
     if hnsw is not None:
-        hnsw.efSearch = max(hnsw.efSearch, k)
         r = recall()
         while r < p.target_recall and hnsw.efSearch < 4096:
             hnsw.efSearch = math.ceil(hnsw.efSearch * 1.5)
@@ -263,8 +285,8 @@ def build_corpus_index(
     embeddings: np.ndarray,
     doc_ids: list[str],
     folder: Path,
-    index_type: str = "auto",
-    exact_max_docs: int = 200_000,
+    index_type: str = IndexConfig.index_type,
+    exact_max_docs: int = IndexConfig.exact_max_docs,
     params: IndexParams | None = None,
 ) -> dict:
     """Build and write the index into ``folder``; returns its meta record."""

@@ -28,6 +28,7 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -35,6 +36,9 @@ import polars as pl
 from retriever_forge import schemas
 from retriever_forge.llm.base import LLMBackend
 from retriever_forge.prompts import load_template
+
+if TYPE_CHECKING:
+    from retriever_forge.artifacts import ArtifactRef, ArtifactStore
 
 LABELS = ["0", "1", "2", "3"]
 
@@ -187,6 +191,12 @@ def judge_check_message(check: dict) -> str:
         f"judge self-check: ROC AUC {check['auc']} on {check['pairs']} calibration pairs (own source vs random passage; "
         f"threshold {check['min_auc']}) -> judge {verdict}"
     )
+
+
+def judge_verdict(store: ArtifactStore, ref: ArtifactRef) -> dict:
+    """The judge's self-check (``auc, pairs, used``) recorded in ``ref``'s manifest: the
+    relevance judgments' own, or the one a downstream asset copied. Unrecorded: used."""
+    return ((store.read_manifest(ref) or {}).get("extra") or {}).get("judge") or {"auc": None, "pairs": 0, "used": True}
 
 
 def grade_from_logprobs(logprobs: list[float]) -> tuple[int, float, list[float]]:

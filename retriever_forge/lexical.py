@@ -3,7 +3,7 @@
 One analyser for every use: lower-cased word tokens of two or more characters, English
 stopwords removed, English Snowball stemming (PyStemmer). ``bench/bm25_analysers.py`` chose it
 by measurement: on cacm and msmarco-5k stemming scores higher nDCG@10 and Recall@100 than the
-same analyser without it, and it is the analyser the published BM25 rows were scored with.
+same analyser without it, and it is the analyser the BM25 rows in bench/README.md were scored with.
 Runs are BEIR's ``{query_id: {doc_id: score}}``; the dense side is :mod:`retriever_forge.search`.
 
 Example:

@@ -42,7 +42,7 @@ import numpy as np
 import polars as pl
 
 from retriever_forge.datasets import passage_text_expr
-from retriever_forge.indexing import INDEX_TYPES, IndexParams, build_search_index
+from retriever_forge.indexing import INDEX_TYPES, IndexConfig, IndexParams, build_search_index
 from retriever_forge.lexical import BM25Index
 from retriever_forge.schemas import HARD_NEGATIVE_CANDIDATES, TRAINING_EXAMPLES, conform
 from retriever_forge.search import search_index
@@ -84,7 +84,7 @@ class MiningConfig:
     judge_margin: float | None = None  # drop judged grade >= judge_margin * the positive's judged grade
     use_guide: bool = False
     bm25_candidates: int = 0
-    exact_search_max_docs: int = 200_000
+    exact_search_max_docs: int = IndexConfig.exact_max_docs
     index_type: IndexType = "auto"
     query_chunk_size: int = 1024  # queries searched and filtered at a time (bounds memory)
     seed: int = 0

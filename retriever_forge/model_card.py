@@ -59,6 +59,18 @@ def card_lineage(store: ArtifactStore, training_examples: ArtifactRef) -> dict:
     return {"artifacts": artifacts, "models": models, "prompts": prompts}
 
 
+def published_weights(store: ArtifactStore, fine_tuned_encoder: ArtifactRef) -> str:
+    """``base`` when no training step beat the base model on dev (its weights were published),
+    else ``fine-tuned (step N of M)``."""
+    training = ((store.read_manifest(fine_tuned_encoder) or {}).get("extra") or {}).get("training") or {}
+    # kept_base_weights: step 0 won a dev evaluation (without dev queries the last step's weights are published)
+    if training.get("kept_base_weights", training.get("best_step") == 0):
+        return "base"
+    if not training.get("best_step"):  # no dev evaluation picked a step: the last one's weights
+        return f"fine-tuned (last step, {training.get('steps')}; no dev evaluation)"
+    return f"fine-tuned (step {training.get('best_step')} of {training.get('steps')})"
+
+
 def _fmt(v) -> str:
     from retriever_forge.audit import comparison_text
 

@@ -799,7 +799,7 @@ def _reset_tokenizer_runtime_state(model) -> None:
 
     ``tokenizer.json`` serialises whatever padding and truncation the *last* call used, so
     without this the saved folder (and its content hash) depends on which batch ran last — a
-    resumed run would publish a new artifact for identical weights.
+    resumed run would write a new artifact for identical weights.
     """
     backend = getattr(getattr(model, "tokenizer", None), "backend_tokenizer", None)
     if backend is not None:

@@ -82,7 +82,7 @@ def test_stage_configs_take_defaults_and_docs_from_their_domain_dataclass():
     from retriever_forge.orchestration.assets import config_classes
 
     derived = {name: cls for name, cls in config_classes().items() if hasattr(cls, "domain")}
-    assert set(derived) == {"synthetic_queries", "relevance_judgments", "hard_negatives", "fine_tuned_encoder"}
+    assert set(derived) == {"synthetic_queries", "relevance_judgments", "hard_negatives", "fine_tuned_encoder", "corpus_index"}
     for name, cls in derived.items():
         domain_fields, docs = {f.name: f for f in dataclasses.fields(cls.domain)}, field_docs(cls.domain)
         assert set(domain_fields) <= set(docs), f"{cls.domain.__name__}: fields without a doc in its Args"

@@ -8,6 +8,7 @@ from retriever_forge.judging import (
     grade_from_logprobs,
     judge_check,
     judge_pairs,
+    judge_verdict,
     roc_auc,
     steering_judgments,
 )
@@ -98,3 +99,18 @@ def test_roc_auc_known_answers():
 def test_steering_judgments_exclude_calibration_pairs():
     j = pl.DataFrame({"pair_type": ["source", "candidate", "calibration_source", "calibration_random"]})
     assert steering_judgments(j)["pair_type"].to_list() == ["source", "candidate"]
+
+
+class _Manifests:
+    def __init__(self, manifest):
+        self.manifest = manifest
+
+    def read_manifest(self, ref):
+        return self.manifest
+
+
+def test_judge_verdict_reads_the_manifest_and_defaults_to_used():
+    check = {"auc": 0.9, "pairs": 8, "used": False}
+    assert judge_verdict(_Manifests({"extra": {"judge": check}}), None) == check
+    for manifest in (None, {}, {"extra": None}, {"extra": {}}):
+        assert judge_verdict(_Manifests(manifest), None) == {"auc": None, "pairs": 0, "used": True}

@@ -1,7 +1,7 @@
 """The model card parses with the Hub's parser and the folder still loads with sentence-transformers."""
 
 from retriever_forge.hashing import hash_tree
-from retriever_forge.model_card import CARD_FILE, render_model_card, write_model_card
+from retriever_forge.model_card import CARD_FILE, published_weights, render_model_card, write_model_card
 from tests._tiny_encoder import tiny_encoder_folder
 
 FACTS = {
@@ -53,3 +53,17 @@ def test_card_without_scoreboard_says_where_scores_are_and_is_deterministic():
 def test_local_base_model_is_named_in_text_not_front_matter(tmp_path):
     text = render_model_card({**FACTS, "base_model": str(tmp_path)})
     assert "base_model:" not in text.split("---")[1] and str(tmp_path) in text
+
+
+def test_published_weights_names_the_kept_step():
+    class Manifests:
+        def __init__(self, training):
+            self.training = training
+
+        def read_manifest(self, ref):
+            return {"extra": {"training": self.training}}
+
+    assert published_weights(Manifests({"best_step": 0, "steps": 4}), None) == "base"
+    assert published_weights(Manifests({"best_step": 3, "steps": 4, "kept_base_weights": True}), None) == "base"
+    assert published_weights(Manifests({"best_step": 3, "steps": 4}), None) == "fine-tuned (step 3 of 4)"
+    assert published_weights(Manifests({"best_step": None, "steps": 4}), None) == "fine-tuned (last step, 4; no dev evaluation)"

@@ -434,26 +434,3 @@ class TransformersLLM(LocalWeightsLLM):
             logits_to_keep=1,
         )
         return out, attention, positions
-
-    def next_token_logprobs(self, prompts: list[str], top_k: int = 20) -> list[list[tuple[int, str, float]]]:
-        """The ``top_k`` most likely next tokens after each prompt: (token id, text, logprob).
-
-        Log-probabilities are over the whole vocabulary (what an OpenAI-style ``top_logprobs``
-        reports), unlike :meth:`choice_logprobs`, which normalises over the choices.
-        """
-        if not prompts:
-            return []
-        import torch
-
-        with self._lock:
-            model = self.load()
-            encoded = self._encode(prompts)
-            results: list[list[tuple[int, str, float]] | None] = [None] * len(prompts)
-            with torch.inference_mode():
-                for batch in self._batches(encoded):
-                    input_ids, attention, positions = self._left_pad([encoded[i] for i in batch])
-                    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1).logits[:, -1, :]
-                    top = torch.log_softmax(logits.float(), dim=-1).topk(top_k, dim=-1)
-                    for i, ids, lps in zip(batch, top.indices.tolist(), top.values.tolist(), strict=True):
-                        results[i] = [(t, self.tokenizer.decode([t]), lp) for t, lp in zip(ids, lps, strict=True)]
-            return results  # type: ignore[return-value]

@@ -208,7 +208,7 @@ def cmd_verify(args) -> int:
 
 
 def _scoreboard_rows(store, scores_hash: str) -> list[dict] | None:
-    """The published scoreboard's rows for this benchmark artifact (extra fields such as significance)."""
+    """The rows of the scoreboard on disk for this benchmark artifact (extra fields such as significance)."""
     return next((b.get("systems") for b in store.iter_scoreboards() if b.get("artifact_hash") == scores_hash), None)
 
 

@@ -38,6 +38,30 @@ FAULT_KINDS = ("500", "429", "timeout", "drop")
 SERVED_MODEL = "smollm2-test"
 
 
+def next_token_logprobs(backend: TransformersLLM, prompts: list[str], top_k: int = 20) -> list[list[tuple[int, str, float]]]:
+    """The ``top_k`` most likely next tokens after each prompt under ``backend``: (token id, text, logprob).
+
+    Log-probabilities are over the whole vocabulary (what an OpenAI-style ``top_logprobs``
+    reports), unlike :meth:`TransformersLLM.choice_logprobs`, which normalises over the choices.
+    """
+    if not prompts:
+        return []
+    import torch
+
+    with backend._lock:
+        model = backend.load()
+        encoded = backend._encode(prompts)
+        results: list[list[tuple[int, str, float]] | None] = [None] * len(prompts)
+        with torch.inference_mode():
+            for batch in backend._batches(encoded):
+                input_ids, attention, positions = backend._left_pad([encoded[i] for i in batch])
+                logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1).logits[:, -1, :]
+                top = torch.log_softmax(logits.float(), dim=-1).topk(top_k, dim=-1)
+                for i, ids, lps in zip(batch, top.indices.tolist(), top.values.tolist(), strict=True):
+                    results[i] = [(t, backend.tokenizer.decode([t]), lp) for t, lp in zip(ids, lps, strict=True)]
+        return results  # type: ignore[return-value]
+
+
 class OpenAITestServer:
     """OpenAI-compatible server over a loaded :class:`TransformersLLM`; use as a context manager."""
 
@@ -153,7 +177,9 @@ class OpenAITestServer:
                 results = backend.generate(prompts, arg)
             else:
                 backend = self.chat_backend if op == "top_chat" else self.raw_backend
-                results = backend.next_token_logprobs(prompts, top_k=arg)
+                # a fake served model (tests/faults) answers itself; a TransformersLLM goes through the function above
+                fake = getattr(backend, "next_token_logprobs", None)
+                results = fake(prompts, top_k=arg) if fake else next_token_logprobs(backend, prompts, top_k=arg)
             self.batches.append(len(prompts))
         except Exception as exc:  # noqa: BLE001 - handed to the waiting request threads
             for job in group:

@@ -311,6 +311,15 @@ def effective_config(context: dg.AssetExecutionContext, config: dg.Config) -> dg
     return resolve_config(config, dataset_spec(context), context.op_def.name, run_config_values(context))
 
 
+def other_asset_config(context: dg.AssetExecutionContext, asset: str, config_cls: type[dg.Config], **unset) -> dg.Config:
+    """The config another asset of this run will use (``asset``, of class ``config_cls``), resolved
+    from its run config as :func:`effective_config` resolves this asset's. ``unset`` fills fields its
+    run config leaves out and counts as set there (e.g. this asset's ``budget``, which it then follows).
+    """
+    typed = {**unset, **run_config_values(context, asset)}
+    return resolve_config(config_cls(**typed), dataset_spec(context), asset, explicit=set(typed))
+
+
 def dataset_run_config(spec: DatasetSpec, config_classes: dict[str, type[dg.Config]]) -> dict:
     """Run config holding the values a run of this dataset will use beyond the code defaults, for the
     Launchpad: the budget preset's values (assets with a ``budget`` field) under the dataset's

@@ -12,24 +12,26 @@ from pydantic import Field
 from retriever_forge.artifacts import ArtifactRef, ArtifactStore
 from retriever_forge.evaluation import qrels_dict, query_movers, score_systems, scoreboard_markdown, synthetic_eval_set
 from retriever_forge.fusion import choose_fusion, fuse
-from retriever_forge.indexing import build_corpus_index, load_corpus_index, read_fusion, write_fusion
+from retriever_forge.indexing import IndexConfig, build_corpus_index, load_corpus_index, read_fusion, write_fusion
+from retriever_forge.judging import judge_verdict
 from retriever_forge.lexical import bm25_run
+from retriever_forge.model_card import published_weights
 from retriever_forge.orchestration.assets.common import (
     GPU_POOL,
     Check,
     artifact_model,
     artifact_output,
     stage_asset,
+    stage_config,
     timed,
 )
-from retriever_forge.orchestration.assets.training import judge_verdict
 from retriever_forge.orchestration.resources import ArtifactStoreResource, EncoderResource
 from retriever_forge.search import dense_run
 
 
-class CorpusIndexConfig(dg.Config):
-    index_type: str = Field(default="auto", description="flat | hnsw | ivf | auto (flat below exact_max_docs).")
-    exact_max_docs: int = Field(default=200_000, description="auto: largest corpus indexed exactly.")
+class CorpusIndexConfig(stage_config(IndexConfig, ("index_type", "exact_max_docs"))):
+    """The index (:class:`~retriever_forge.indexing.IndexConfig`) and the depth of its hybrid's fusion."""
+
     fusion_depth: int = Field(default=100, description="Hybrid: documents fused per query from BM25 and the dense run.")
 
 
@@ -58,6 +60,7 @@ def corpus_index(
     """
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
+    index = config.to_domain()
     with timed(context) as t:
         tuned = encoder.load(artifact_store, str(store.local_path(fine_tuned_encoder)))
         emb = tuned.encode_corpus(corpus_df)
@@ -73,9 +76,7 @@ def corpus_index(
         fusion = {name: choose_fusion(lexical, run, qrels, depth=depth) for name, run in dense.items()}
         fusion["hybrid"]["dense"], fusion["hybrid-base"]["dense"] = "fine_tuned_encoder", base.name
         with tempfile.TemporaryDirectory() as tmp:
-            info = build_corpus_index(
-                np.asarray(emb), doc_ids, Path(tmp), index_type=config.index_type, exact_max_docs=config.exact_max_docs
-            )
+            info = build_corpus_index(np.asarray(emb), doc_ids, Path(tmp), index_type=index.index_type, exact_max_docs=index.exact_max_docs)
             write_fusion(Path(tmp), fusion)
             ref = store.put_folder(tmp, "corpus_index", payload="index")
     return artifact_output(
@@ -98,18 +99,6 @@ def _fusion_markdown(fusion: dict) -> str:
     return "\n".join(
         [*lines, "", "Chosen on the synthetic dev queries only (never the test qrels); stored with the index as `fusion.json`."]
     )
-
-
-def published_weights(store, fine_tuned_encoder: ArtifactRef) -> str:
-    """``base`` when no training step beat the base model on dev (its weights were published),
-    else ``fine-tuned (step N of M)``."""
-    training = ((store.read_manifest(fine_tuned_encoder) or {}).get("extra") or {}).get("training") or {}
-    # kept_base_weights: step 0 won a dev evaluation (without dev queries the last step's weights are published)
-    if training.get("kept_base_weights", training.get("best_step") == 0):
-        return "base"
-    if not training.get("best_step"):  # no dev evaluation picked a step: the last one's weights
-        return f"fine-tuned (last step, {training.get('steps')}; no dev evaluation)"
-    return f"fine-tuned (step {training.get('best_step')} of {training.get('steps')})"
 
 
 @stage_asset(

@@ -20,11 +20,9 @@ from retriever_forge.orchestration.assets.common import (
     LLM_RETRY_POLICY,
     Check,
     artifact_output,
-    dataset_spec,
     log_progress,
     markdown_table,
-    resolve_config,
-    run_config_values,
+    other_asset_config,
     stage_asset,
     stage_config,
     timed,
@@ -72,7 +70,6 @@ def synthetic_queries(
     encoder: EncoderResource,
 ):
     """LLM-written queries for sampled passages (InPars/Promptagator), with every filter decision kept."""
-    spec = dataset_spec(context)
     store = artifact_store.get_store()
     corpus_df = store.read_table(corpus)
     has_human_judgments = store.read_table(eval_qrels).height > 0
@@ -80,9 +77,8 @@ def synthetic_queries(
     # The plan, before any LLM call: what this run will generate and judge, and how long that
     # takes at the throughput measured here (the judging part depends on the judge's self-check).
     eligible, min_words = eligible_passages(corpus_df, qg.min_passage_words)
-    typed = run_config_values(context, "relevance_judgments")  # the judge's values as this run will resolve them
-    judging = resolve_config(RelevanceJudgmentsConfig(**{**typed, "budget": typed.get("budget", config.budget)}), spec, "relevance_judgments",
-                             explicit=set(typed) | {"budget"})  # fmt: skip
+    # the judge's values as this run will resolve them
+    judging = other_asset_config(context, "relevance_judgments", RelevanceJudgmentsConfig, budget=config.budget)
     rates = artifact_store.throughput_log()
     plan = estimate_plan(
         eligible.height, config.budget, corpus_passages=corpus_df.height, documents_to_sample=qg.documents_to_sample,

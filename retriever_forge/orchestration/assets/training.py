@@ -10,7 +10,7 @@ from pydantic import Field
 from retriever_forge.artifacts import ArtifactRef
 from retriever_forge.datasets import passage_text, passage_text_expr
 from retriever_forge.hashing import hash_file, hash_json
-from retriever_forge.judging import steering_judgments
+from retriever_forge.judging import judge_verdict, steering_judgments
 from retriever_forge.mining import MiningConfig, build_training_examples, mine_hard_negatives
 from retriever_forge.model_card import training_card_facts, write_model_card
 from retriever_forge.orchestration.assets.common import (
@@ -49,12 +49,6 @@ class FineTuneConfig(stage_config(TrainingConfig, (
     "adapter", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "tunable_parameter_budget", "pooling",
     "latent_attention_latents", "latent_attention_heads", "bidirectional", "query_instruction"), budget=True)):  # fmt: skip
     """Fine-tuning (:class:`~retriever_forge.training.TrainingConfig`); the graded loss is off when the judge failed its self-check."""
-
-
-def judge_verdict(store, ref: ArtifactRef) -> dict:
-    """The judge's self-check (``auc, pairs, used``) recorded in ``ref``'s manifest: the
-    relevance judgments' own, or the one a downstream asset copied. Unrecorded: used."""
-    return ((store.read_manifest(ref) or {}).get("extra") or {}).get("judge") or {"auc": None, "pairs": 0, "used": True}
 
 
 def _kept(store, ref) -> pl.DataFrame:
