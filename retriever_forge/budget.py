@@ -15,7 +15,10 @@ Why these sizes: with the bundled SmolLM2-135M on the 2-core CPU here, one query
 on cacm (+0.045 nDCG@10); a 135M judge is at chance (ROC AUC ~0.5) and judging was most of the
 time, so the judge is checked on a small calibration sample first and the time goes into
 generation instead. ``standard`` caps generation at 2,000 passages x 3 queries (~12.5 minutes at
-the ~8 queries/s measured here), which keeps a 1,000-5,000 passage corpus under 45 minutes cold.
+the ~8 queries/s of a 2-core CPU with native bfloat16), which keeps a 1,000-5,000 passage corpus
+under 45 minutes cold there. An AVX2-only 2-core CPU computes in float32 at ~1.4 queries/s (measured:
+1,200 generations in 14.4 minutes), so the same plan takes over an hour; the logged plan says so
+once a run has measured the machine (:class:`ThroughputLog`).
 
 Example:
     >>> preset_values("quick", "synthetic_queries")["documents_to_sample"]
