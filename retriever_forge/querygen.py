@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import logging
 import re
@@ -70,8 +69,6 @@ class QueryGenerationConfig:
             passage (Contriever-style, style "crop"; 0: off).
         crop_words: Shortest and longest span of a cropped pseudo-query, in words.
         dev_fraction: Share of passages whose queries form the dev split.
-        min_dev_passages: At least this many sampled passages go to dev (their share capped at 0.3): on a
-            small corpus a tenth is a few dozen dev queries, too few for the publication guard to see a gain.
         test_fraction: Share of passages held out for a synthetic test split (>0 only for corpora without
             human judgments).
         seed: Seeds sampling, splits and cropping.
@@ -93,7 +90,6 @@ class QueryGenerationConfig:
     crop_queries_per_document: int = 0
     crop_words: tuple[int, int] = (4, 12)
     dev_fraction: float = 0.1
-    min_dev_passages: int = 100
     test_fraction: float = 0.0
     seed: int = 0
 
@@ -139,25 +135,6 @@ def drop_reason(query: str, passage: str, config: QueryGenerationConfig) -> str 
     if near_copy(query, passage):
         return "copy"
     return None
-
-
-MAX_DEV_SHARE = 0.3  # min_dev_passages never takes more than this share of the passages from training
-
-
-def effective_dev_fraction(passages: int, config: QueryGenerationConfig) -> float:
-    """``dev_fraction``, raised so that about ``min_dev_passages`` of ``passages`` land in dev (at most 0.3).
-
-    With 68 dev queries (40 of the demo's 400 passages) the guard's standard error was 0.013 MRR@10:
-    it kept the base weights while the held-out benchmark gained +0.03 nDCG@10.
-
-    >>> effective_dev_fraction(2000, QueryGenerationConfig()), effective_dev_fraction(400, QueryGenerationConfig())
-    (0.1, 0.25)
-    >>> effective_dev_fraction(100, QueryGenerationConfig())
-    0.3
-    """
-    if passages <= 0 or config.min_dev_passages <= 0:
-        return config.dev_fraction
-    return max(config.dev_fraction, min(config.min_dev_passages / passages, MAX_DEV_SHARE))
 
 
 def _split_of(doc_id: str, config: QueryGenerationConfig) -> str:
@@ -236,7 +213,6 @@ def generate_synthetic_queries(
         temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed, stop=("\n",)
     )
     docs = sample_documents(corpus, config.documents_to_sample, config.seed, config.min_passage_words)
-    config = dataclasses.replace(config, dev_fraction=effective_dev_fraction(docs.height, config))
     if docs.height == 0:
         raise ValueError(f"no passage has at least {config.min_passage_words} words (min_passage_words) to write queries for")
     instruction = f"{config.instruction.strip()}\n\n" if config.instruction.strip() else ""

@@ -41,7 +41,7 @@ from retriever_forge.querygen import (
 
 class SyntheticQueriesConfig(stage_config(QueryGenerationConfig, (
     "documents_to_sample", "min_passage_words", "queries_per_document", "styles", "instruction", "templates", "temperature",
-    "max_new_tokens", "round_trip_k", "crop_queries_per_document", "dev_fraction", "min_dev_passages", "seed"), budget=True)):  # fmt: skip
+    "max_new_tokens", "round_trip_k", "crop_queries_per_document", "dev_fraction", "seed"), budget=True)):  # fmt: skip
     """Query generation (:class:`~retriever_forge.querygen.QueryGenerationConfig`), the held-out share and the check's threshold."""
 
     synthetic_test_fraction: float = Field(
