@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from retriever_forge.artifacts import ArtifactRef, ArtifactStore
+from retriever_forge.artifacts import ArtifactStore
 from retriever_forge.checkpoints import list_checkpoints, load_weights, read_state
 from retriever_forge.datasets import passage_text_expr
 from retriever_forge.encoding import encode_with_model, open_sentence_transformer, resolve_model_path
@@ -29,19 +29,17 @@ from retriever_forge.evaluation import qrels_dict, score_run, synthetic_eval_set
 from retriever_forge.search import dense_run
 
 
-def _ref(home: Path, asset: str, dataset: str) -> ArtifactRef:
-    return ArtifactRef(**json.loads((home / "refs" / asset / f"{dataset}.json").read_text()))
+def latest(store: ArtifactStore, asset: str, dataset: str) -> pl.DataFrame:
+    """The table of ``asset``'s latest materialization for ``dataset``."""
+    return store.read_table(store.read_pointer(asset, dataset))
 
 
-def benchmark_set(home: Path, dataset: str) -> tuple[pl.DataFrame, dict]:
+def benchmark_set(store: ArtifactStore, dataset: str) -> tuple[pl.DataFrame, dict]:
     """The benchmark's queries and qrels: human judgments when the dataset has them, else the synthetic test split."""
-    store = ArtifactStore(home)
-    qrels = store.read_table(_ref(home, "eval_qrels", dataset))
+    qrels = latest(store, "eval_qrels", dataset)
     if qrels.height:
-        return store.read_table(_ref(home, "eval_queries", dataset)).select("query_id", "text"), qrels_dict(qrels)
-    queries, synthetic = synthetic_eval_set(
-        store.read_table(_ref(home, "synthetic_queries", dataset)), store.read_table(_ref(home, "relevance_judgments", dataset))
-    )
+        return latest(store, "eval_queries", dataset).select("query_id", "text"), qrels_dict(qrels)
+    queries, synthetic = synthetic_eval_set(latest(store, "synthetic_queries", dataset), latest(store, "relevance_judgments", dataset))
     return queries, qrels_dict(synthetic)
 
 
@@ -52,8 +50,8 @@ def main() -> None:
     ap.add_argument("--base", default="all-MiniLM-L6-v2")
     args = ap.parse_args()
     store = ArtifactStore(args.home)
-    corpus = store.read_table(_ref(args.home, "corpus", args.dataset)).select(pl.col("doc_id").cast(pl.String), text=passage_text_expr())
-    queries, qrels = benchmark_set(args.home, args.dataset)
+    corpus = latest(store, "corpus", args.dataset).select(pl.col("doc_id").cast(pl.String), text=passage_text_expr())
+    queries, qrels = benchmark_set(store, args.dataset)
     model = open_sentence_transformer(resolve_model_path(args.base))
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     doc_ids, texts, qids = corpus["doc_id"].to_list(), corpus["text"].to_list(), queries["query_id"].to_list()

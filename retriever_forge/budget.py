@@ -30,6 +30,11 @@ Example:
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+
 BUDGETS = ("quick", "standard", "thorough")
 DEFAULT_BUDGET = "standard"
 
@@ -167,13 +172,9 @@ class ThroughputLog:
     MIN_COUNT = 32  # fewer items than one batch say little about a rate
 
     def __init__(self, path) -> None:
-        from pathlib import Path
-
         self.path = Path(path)
 
     def _read(self) -> dict:
-        import json
-
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -191,10 +192,6 @@ class ThroughputLog:
 
     def record(self, name: str, count: int, seconds: float, model: str) -> None:
         """Keep ``count / seconds`` as this machine's ``name`` rate (ignored for tiny or untimed work)."""
-        import json
-        import os
-        import time
-
         if name not in ASSUMED_THROUGHPUT:
             raise ValueError(f"unknown rate {name!r}; one of {', '.join(ASSUMED_THROUGHPUT)}")
         if count < self.MIN_COUNT or seconds <= 0:
