@@ -62,6 +62,9 @@ PRESETS: dict[str, dict[str, dict]] = {
 # (AVX2 only: float32) is several times slower: about 1.5 generations/s and 1.5 examples/s.
 ASSUMED_THROUGHPUT = {"generations_per_s": 8.0, "judgments_per_s": 8.0, "train_examples_per_s": 7.0, "passages_encoded_per_s": 30.0}
 KEPT_SHARE = 0.6  # share of generated queries the filters kept on cacm and msmarco-5k
+# Above this, the logged plan says what trades gain for time: the ``standard`` preset is sized to
+# finish a 1,000-5,000 passage corpus within it on a 2-core CPU with native bfloat16, not on every CPU.
+LONG_PLAN_MINUTES = 45.0
 
 
 def with_budget(run_config: dict, budget: str) -> dict:
@@ -137,7 +140,13 @@ def estimate_plan(
 
 
 def plan_message(plan: dict) -> str:
-    return (
+    """The plan in one log line; a plan over :data:`LONG_PLAN_MINUTES` also says how to shorten it.
+
+    >>> slow = estimate_plan(eligible_passages=3000, throughput={"generations_per_s": 1.4})
+    >>> plan_message(slow).split("; ")[-1]
+    'over 45 min: fewer passages (synthetic_queries.documents_to_sample, or --budget quick: 400) finish sooner, but give the encoder less to learn from'
+    """
+    message = (
         f"plan ({plan['budget']} budget): {plan['passages']} passages -> {plan['generations']} generated queries "
         f"(~{plan['expected_kept_queries']} kept), judge calibration {plan['calibration_pairs']} pairs "
         f"(+{plan['judgments_if_judge_passes']} if the judge passes); about {plan['estimated_minutes']} min "
@@ -145,6 +154,13 @@ def plan_message(plan: dict) -> str:
         f"{plan['throughput_assumed']['generations_per_s']} generations/s and {plan['throughput_assumed']['train_examples_per_s']} "
         f"training examples/s ({_rate_source(plan.get('throughput_measured_here', []))})"
     )
+    if plan["estimated_minutes"] > LONG_PLAN_MINUTES:
+        quick = PRESETS["quick"]["synthetic_queries"]["documents_to_sample"]
+        message += (
+            f"; over {LONG_PLAN_MINUTES:g} min: fewer passages (synthetic_queries.documents_to_sample, or --budget quick: {quick}) "
+            "finish sooner, but give the encoder less to learn from"
+        )
+    return message
 
 
 def _rate_source(measured: list[str]) -> str:

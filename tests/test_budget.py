@@ -102,3 +102,11 @@ def test_a_broken_throughput_file_falls_back_to_the_assumed_rates(tmp_path):
     assert ThroughputLog(path).rates({"generations_per_s": "smollm2"}) == {}
     with pytest.raises(ValueError, match="unknown rate"):
         ThroughputLog(path).record("tokens_per_s", 100, 1.0, "x")
+
+
+def test_a_long_plan_says_how_to_shorten_it():
+    quiet = estimate_plan(eligible_passages=3000, budget="standard")  # the assumed bf16 rates: under 45 min
+    assert quiet["estimated_minutes"] < 45 and "over 45 min" not in plan_message(quiet)
+    slow = estimate_plan(eligible_passages=3000, budget="standard", throughput={"generations_per_s": 1.4})
+    assert slow["estimated_minutes"] > 45 and "over 45 min: fewer passages" in plan_message(slow)
+    assert "over 45 min" not in plan_message(estimate_plan(eligible_passages=3000, budget="quick", throughput={"generations_per_s": 1.4}))
