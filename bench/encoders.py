@@ -15,7 +15,7 @@ Every row trains on the same examples and is scored on the same human-judged que
     nice -n 10 .venv/bin/python bench/encoders.py ../shared/datasets/cacm --home /tmp/i15/encoders
 
 Rows (``--rows`` picks a subset): see ``ROWS``. Adapters use a 10x learning rate (2e-4, the
-usual LoRA setting; 2e-5 moves a rank-8 adapter little in a few steps); full fine-tuning keeps
+usual LoRA setting; 2e-5 moves a rank-8 adapter little in a few steps; ``--adapter-lr``); full fine-tuning keeps
 the pipeline's 2e-5. Decoder rows pool the last token and prefix queries with an instruction.
 Results go to ``--home``/rows.jsonl and a Markdown table on stdout.
 """
@@ -23,6 +23,7 @@ Results go to ``--home``/rows.jsonl and a Markdown table on stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -153,6 +154,8 @@ def run_row(name: str, args) -> dict:
     path = model_path(row["model"])
     cfg = TrainingConfig(**{"max_steps": args.steps, "batch_size": args.batch_size, "negatives_per_example": args.negatives,
                             "max_seq_length": args.max_seq_length, "eval_at_start": False, "seed": args.seed, **row["cfg"]})  # fmt: skip
+    if cfg.adapter != "none":
+        cfg = dataclasses.replace(cfg, learning_rate=args.adapter_lr)
     record = {"row": name, "steps": 0, "trainable_parameters": None, "step_seconds": None}
     if row.get("train", True):
         stamps: list[float] = []
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared machine)")
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names, in the order to run")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--adapter-lr", type=float, default=ADAPTER_LR, help="learning rate of the adapter (LoRA, SPT) rows")
     ap.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: run one row in this process
     ap.add_argument("--examples", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -239,7 +243,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ap.error(f"unknown row {name!r}; known: {', '.join(ROWS)}")
     for name in names:
         cmd = [sys.executable, __file__, args.folder, "--home", str(home), "--row", name, "--examples", str(examples)]
-        for flag in ("steps", "batch_size", "negatives", "max_seq_length", "eval", "pool_depth", "eval_max_length", "threads", "seed"):
+        for flag in ("steps", "batch_size", "negatives", "max_seq_length", "eval", "pool_depth", "eval_max_length", "threads", "seed", "adapter_lr"):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         started = time.perf_counter()
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
