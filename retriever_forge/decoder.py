@@ -1,4 +1,4 @@
-"""Decoder LLMs as embedders: a bidirectional attention mask and padding for last-token pooling.
+"""Decoder LLMs as embedders: a bidirectional attention mask, plain-text inputs, and padding for last-token pooling.
 
 NV-Embed (Lee et al. 2024) removes the causal mask of a decoder LLM during contrastive
 training, so every token sees the whole text. In transformers >= 5 a Llama-style model decides
@@ -57,6 +57,27 @@ def prepare_tokenizer(st_model) -> None:
     tokenizer = st_model.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+
+
+def use_plain_text(st_model) -> bool:
+    """Encode a decoder's inputs as plain text, not as chat messages; True if that changed anything.
+
+    sentence-transformers renders every input through the tokenizer's chat template when it has
+    one (its ``message`` modality): an instruct model's system prompt ("You are a helpful AI
+    assistant ...") then opens every passage and the last token is the template's closing one,
+    the same for every text. Decoder embedders (NV-Embed, e5-mistral, Qwen3-Embedding) embed the
+    raw text, the query behind its instruction. Dropping ``message`` from the module's modalities
+    is saved in the folder's ``sentence_bert_config.json``, so the published model encodes the same way.
+    """
+    module = st_model[0]
+    modalities = getattr(module, "modality_config", None)
+    if not isinstance(modalities, dict) or "message" not in modalities or "text" not in modalities:
+        return False
+    module.modality_config = {name: entry for name, entry in modalities.items() if name != "message"}
+    formatter = getattr(module, "input_formatter", None)
+    if formatter is not None:
+        formatter.supported_modalities = list(module.modality_config)
+    return True
 
 
 class BidirectionalMask(Module):

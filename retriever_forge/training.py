@@ -784,6 +784,7 @@ def configure_encoder(model, cfg: TrainingConfig) -> str:
     hf = model[0].auto_model
     if decoder.is_decoder(hf):
         decoder.prepare_tokenizer(model)
+        decoder.use_plain_text(model)
     if cfg.bidirectional:
         decoder.add_bidirectional_module(model)
     pooling.set_pooling(model, cfg.pooling, latents=cfg.latent_attention_latents, latent_heads=cfg.latent_attention_heads)

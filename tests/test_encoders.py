@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from retriever_forge import decoder, pooling
 from retriever_forge.encoding import Encoder, encode, encode_queries, open_sentence_transformer
@@ -174,6 +176,27 @@ def test_bidirectional_decoder_folder_stays_bidirectional_on_reload(tiny_decoder
     assert all(
         m.is_causal is False for m in reloaded[0].auto_model.modules() if hasattr(m, "is_causal") and m is not reloaded[0].auto_model
     )
+
+
+def test_a_chat_template_does_not_wrap_what_a_decoder_embeds(tiny_decoder, tmp_path):
+    # An instruct model's tokenizer carries a chat template; sentence-transformers would render every
+    # passage through it (a fixed preamble first, the template's closing token last).
+    chatty = tmp_path / "chatty"
+    shutil.copytree(tiny_decoder, chatty)
+    tok = AutoTokenizer.from_pretrained(str(chatty))
+    tok.chat_template = "{% for m in messages %}search index : {{ m['content'] }} .{% endfor %}"
+    tok.save_pretrained(str(chatty))
+    wrapped = _st(str(chatty))
+    assert "message" in wrapped[0].modality_config
+    plain = _st(tiny_decoder)
+    configure_encoder(plain, TrainingConfig(pooling="last"))
+    templated_ids = wrapped.tokenize(TEXTS[:1])["input_ids"]
+    configure_encoder(wrapped, TrainingConfig(pooling="last"))
+    assert "message" not in wrapped[0].modality_config
+    assert wrapped.tokenize(TEXTS[:1])["input_ids"].tolist() == plain.tokenize(TEXTS[:1])["input_ids"].tolist() != templated_ids.tolist()
+    np.testing.assert_allclose(_vectors(wrapped), _vectors(plain), atol=1e-6)
+    wrapped.save(str(tmp_path / "published"))
+    np.testing.assert_allclose(_vectors(_st(str(tmp_path / "published"))), _vectors(plain), atol=1e-6)  # and so on reload
 
 
 def test_query_instruction_changes_queries_not_passages(tiny_decoder, tmp_path):
