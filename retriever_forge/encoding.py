@@ -91,14 +91,22 @@ def open_sentence_transformer(path: str, device: str | None = None):
     A folder published with a learnable pooling head or a bidirectional decoder names
     ``retriever_forge.*`` classes in its ``modules.json``; sentence-transformers >= 6 imports
     those only with ``trust_remote_code=True``, which is passed for such folders alone
-    (see :func:`retriever_forge.pooling.needs_trust_remote_code`).
+    (see :func:`retriever_forge.pooling.needs_trust_remote_code`). A decoder LLM backbone gets a
+    pad token and plain-text inputs (:mod:`retriever_forge.decoder`), as training gives it, so the
+    base model is scored the way it is trained.
     """
     from sentence_transformers import SentenceTransformer
 
+    from retriever_forge import decoder
     from retriever_forge.pooling import needs_trust_remote_code
 
     trust = Path(path).is_dir() and needs_trust_remote_code(path)
-    return SentenceTransformer(path, device=device or default_device(), trust_remote_code=trust)
+    model = SentenceTransformer(path, device=device or default_device(), trust_remote_code=trust)
+    backbone = getattr(model[0], "auto_model", None)
+    if backbone is not None and decoder.is_decoder(backbone):
+        decoder.prepare_tokenizer(model)
+        decoder.use_plain_text(model)
+    return model
 
 
 def load_encoder(name_or_path: str = DEFAULT_ENCODER, device: str | None = None, max_seq_length: int = 256) -> Encoder:

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
 from retriever_forge import decoder, pooling
@@ -186,8 +187,9 @@ def test_a_chat_template_does_not_wrap_what_a_decoder_embeds(tiny_decoder, tmp_p
     tok = AutoTokenizer.from_pretrained(str(chatty))
     tok.chat_template = "{% for m in messages %}search index : {{ m['content'] }} .{% endfor %}"
     tok.save_pretrained(str(chatty))
-    wrapped = _st(str(chatty))
+    wrapped = SentenceTransformer(str(chatty), device="cpu")  # as sentence-transformers opens it
     assert "message" in wrapped[0].modality_config
+    assert "message" not in _st(str(chatty))[0].modality_config  # as this package opens it (base-model scoring)
     plain = _st(tiny_decoder)
     configure_encoder(plain, TrainingConfig(pooling="last"))
     templated_ids = wrapped.tokenize(TEXTS[:1])["input_ids"]
