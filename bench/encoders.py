@@ -243,7 +243,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ap.error(f"unknown row {name!r}; known: {', '.join(ROWS)}")
     for name in names:
         cmd = [sys.executable, __file__, args.folder, "--home", str(home), "--row", name, "--examples", str(examples)]
-        for flag in ("steps", "batch_size", "negatives", "max_seq_length", "eval", "pool_depth", "eval_max_length", "threads", "seed", "adapter_lr"):
+        for flag in (
+            "steps",
+            "batch_size",
+            "negatives",
+            "max_seq_length",
+            "eval",
+            "pool_depth",
+            "eval_max_length",
+            "threads",
+            "seed",
+            "adapter_lr",
+        ):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         started = time.perf_counter()
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
