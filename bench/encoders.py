@@ -185,21 +185,37 @@ def run_row(name: str, args) -> dict:
         q_emb = encode_queries(enc, queries["text"].to_list(), batch_size=32)
     record["eval_seconds"] = round(time.perf_counter() - t0, 1)
     run = dense_run(q_emb, doc_emb, queries["query_id"].to_list(), docs["doc_id"].to_list(), k=100)
-    _, agg = score_run(run, qrels)
+    per_query, agg = score_run(run, qrels)
+    record["model"] = row["model"]
+    record["ndcg_per_query"] = dict(zip(per_query["query_id"].to_list(), per_query["ndcg_cut_10"].round(4).to_list(), strict=True))
     record.update(ndcg_cut_10=round(agg["ndcg_cut_10"], 4), recall_100=round(agg["recall_100"], 4), eval_docs=docs.height,
                   queries=len(run), peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))  # fmt: skip
     return record
 
 
+def versus_base(row: dict, rows: list[dict]) -> str:
+    """nDCG@10 change against the first untrained row of the same model, with its paired randomization p."""
+    from retriever_forge.significance import paired_comparison
+
+    base = next((r for r in rows if r.get("model") == row.get("model") and not r.get("steps") and r is not row), None)
+    if not row.get("steps") or base is None or "ndcg_per_query" not in base or "ndcg_per_query" not in row:
+        return ""
+    queries = sorted(base["ndcg_per_query"])
+    result = paired_comparison(
+        np.array([row["ndcg_per_query"].get(q, 0.0) for q in queries]), np.array([base["ndcg_per_query"][q] for q in queries])
+    )
+    return f"{result['delta']:+.4f} (p = {result['p_value']:.3f})"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| row | trainable params | nDCG@10 | Recall@100 | step s (median) | peak RSS GB | loss first → last |",
-             "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = ["| row | trainable params | nDCG@10 | vs base (p) | Recall@100 | step s (median) | peak RSS GB | loss first → last |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in rows:
         params = f"{r['trainable_parameters']:,}" if r.get("trainable_parameters") else f"— (of {r.get('total_parameters', 0):,})"
         loss = f"{r['first_loss']:.3f} → {r['last_loss']:.3f}" if r.get("first_loss") is not None else ""
         step = f"{r['step_seconds']:.2f}" if r.get("step_seconds") else ""
         lines.append(
-            f"| {r['row']} | {params} | {r['ndcg_cut_10']:.4f} | {r['recall_100']:.4f} | {step} | {r['peak_rss_gb']:.1f} | {loss} |"
+            f"| {r['row']} | {params} | {r['ndcg_cut_10']:.4f} | {versus_base(r, rows)} | {r['recall_100']:.4f} | {step} | {r['peak_rss_gb']:.1f} | {loss} |"
         )
     return "\n".join(lines)
 
