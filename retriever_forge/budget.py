@@ -3,7 +3,7 @@
 A preset sets, coherently, how many passages get queries (every passage up to a cap, so a small
 corpus is used whole), the queries per passage and their styles, how many pairs the judge sees
 (a calibration sample first; the rest only if the judge passes it), the negatives and the
-epochs. Precedence, per config field: the run config set explicitly > the dataset's
+epochs (one, or more passes over a small training set until ``min_steps`` steps). Precedence, per config field: the run config set explicitly > the dataset's
 ``overrides`` in ``datasets.yaml`` > the budget preset > the asset's own default.
 
 The budget is the ``budget`` config field of each asset it sizes (``retriever-forge run --budget``
@@ -43,17 +43,17 @@ PRESETS: dict[str, dict[str, dict]] = {
     "quick": {
         "synthetic_queries": {"documents_to_sample": 400, "min_passage_words": 20, "queries_per_document": 3},
         "relevance_judgments": {"candidates_per_query": 1, "candidate_rank_start": 10, "calibration_queries": 48},
-        "fine_tuned_encoder": {"epochs": 1, "negatives_per_example": 3, "max_seq_length": 128, "min_dev_gain_z": 2.0},
+        "fine_tuned_encoder": {"epochs": 1, "min_steps": 48, "negatives_per_example": 3, "max_seq_length": 128, "min_dev_gain_z": 2.0},
     },
     "standard": {
         "synthetic_queries": {"documents_to_sample": 2000, "min_passage_words": 20, "queries_per_document": 3},
         "relevance_judgments": {"candidates_per_query": 1, "candidate_rank_start": 10, "calibration_queries": 100},
-        "fine_tuned_encoder": {"epochs": 1, "negatives_per_example": 3, "max_seq_length": 128, "min_dev_gain_z": 2.0},
+        "fine_tuned_encoder": {"epochs": 1, "min_steps": 48, "negatives_per_example": 3, "max_seq_length": 128, "min_dev_gain_z": 2.0},
     },
     "thorough": {
         "synthetic_queries": {"documents_to_sample": 6000, "min_passage_words": 20, "queries_per_document": 3},
         "relevance_judgments": {"candidates_per_query": 2, "candidate_rank_start": 10, "calibration_queries": 200},
-        "fine_tuned_encoder": {"epochs": 1, "negatives_per_example": 3, "max_seq_length": 128, "min_dev_gain_z": 2.0},
+        "fine_tuned_encoder": {"epochs": 1, "min_steps": 48, "negatives_per_example": 3, "max_seq_length": 128, "min_dev_gain_z": 2.0},
     },
 }
 
@@ -118,11 +118,14 @@ def estimate_plan(
     kept = int(generations * KEPT_SHARE)
     calibration_pairs = 2 * min(cal, kept)
     full_judgments = kept * (1 + cands)
+    train = preset_values(budget, "fine_tuned_encoder")
+    # examples trained on: the epochs, or more passes over a small set until min_steps batches of 32
+    trained = max(kept * train.get("epochs", 1), min(train.get("min_steps", 0) * 32, kept * 4))
     encode = (corpus_passages or eligible_passages) * 2  # the base encoder's (cached, reused by every stage) and the fine-tuned index
     seconds = (
         generations / rate["generations_per_s"]
         + calibration_pairs / rate["judgments_per_s"]
-        + kept / rate["train_examples_per_s"]
+        + trained / rate["train_examples_per_s"]
         + encode / rate["passages_encoded_per_s"]
     )
     return {

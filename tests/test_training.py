@@ -205,6 +205,25 @@ def test_evaluate_dev_perfect_and_worst_cases(tiny_model):
     assert metrics["mrr@10"] == 1.0 and metrics["recall@1"] == 1.0 and metrics["pool"] == 2
 
 
+def test_dev_is_encoded_at_the_published_length_and_training_keeps_its_own(tiny_model, monkeypatch):
+    """Training truncates to its max_seq_length; dev is scored as search scores the published model."""
+    from sentence_transformers import SentenceTransformer
+
+    from retriever_forge import training
+    from retriever_forge.training import _Batchable
+
+    model = SentenceTransformer(tiny_model, device="cpu")
+    model.max_seq_length = 8
+    seen = []
+    real = training.encode_with_model
+    monkeypatch.setattr(training, "encode_with_model", lambda m, texts, **kw: seen.append(m.max_seq_length) or real(m, texts, **kw))
+    dev = _Batchable(["hash table"], ["a"], ["hash table"], [3.0], [["b"]], [["tcp packet route"]], [[0.0]])
+    evaluate_dev(model, dev, max_length=64)
+    assert seen == [64, 64] and model.max_seq_length == 8
+    evaluate_dev(model, dev)
+    assert seen[2:] == [8, 8]
+
+
 def test_corpus_distractors_join_the_dev_pool_and_can_outrank_the_positive(tiny_model):
     """A corpus passage that is the query itself scores above the positive: with it in the pool
     (dev_distractors) the positive drops to rank 2; a sample is seeded and capped."""

@@ -44,7 +44,7 @@ class TrainingExamplesConfig(dg.Config):
 
 
 class FineTuneConfig(stage_config(TrainingConfig, (
-    "epochs", "learning_rate", "batch_size", "temperature", "loss", "graded_weight", "negatives_per_example", "max_seq_length",
+    "epochs", "min_steps", "max_epochs", "learning_rate", "batch_size", "temperature", "loss", "graded_weight", "negatives_per_example", "max_seq_length",
     "topic_batches", "early_stopping_patience", "min_dev_gain_z", "dev_distractors", "bf16", "seed", "grad_cache_chunk_size", "gradient_checkpointing",
     "adapter", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "tunable_parameter_budget", "pooling",
     "latent_attention_latents", "latent_attention_heads", "bidirectional", "query_instruction"), budget=True)):  # fmt: skip
