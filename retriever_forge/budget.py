@@ -3,8 +3,9 @@
 A preset sets, coherently, how many passages get queries (every passage up to a cap, so a small
 corpus is used whole), the queries per passage and their styles, how many pairs the judge sees
 (a calibration sample first; the rest only if the judge passes it), the negatives and the
-epochs (one, or more passes over a small training set until ``min_steps`` steps). Precedence, per config field: the run config set explicitly > the dataset's
-``overrides`` in ``datasets.yaml`` > the budget preset > the asset's own default.
+epochs (one, or more passes over a small training set until ``min_steps`` steps). Precedence,
+per config field: the run config set explicitly > the dataset's ``overrides`` in
+``datasets.yaml`` > the budget preset > the asset's own default.
 
 The budget is the ``budget`` config field of each asset it sizes (``retriever-forge run --budget``
 and ``bench/quality.py --budget`` set it on all of them, see :func:`with_budget`), else the
@@ -118,9 +119,10 @@ def estimate_plan(
     kept = int(generations * KEPT_SHARE)
     calibration_pairs = 2 * min(cal, kept)
     full_judgments = kept * (1 + cands)
-    train = preset_values(budget, "fine_tuned_encoder")
-    # examples trained on: the epochs, or more passes over a small set until min_steps batches of 32
-    trained = max(kept * train.get("epochs", 1), min(train.get("min_steps", 0) * 32, kept * 4))
+    # Examples trained on: the passes training will plan (more than one over a small set, min_steps).
+    from retriever_forge.training import TrainingConfig, planned_epochs  # torch: only when a plan is made
+
+    trained = kept * planned_epochs(kept, TrainingConfig(**preset_values(budget, "fine_tuned_encoder")))
     encode = (corpus_passages or eligible_passages) * 2  # the base encoder's (cached, reused by every stage) and the fine-tuned index
     seconds = (
         generations / rate["generations_per_s"]

@@ -296,7 +296,7 @@ def planned_epochs(n_examples: int, cfg: TrainingConfig) -> int:
     1
     """
     steps_per_epoch = max(1, math.ceil(n_examples / cfg.batch_size))
-    wanted = math.ceil(cfg.min_steps / steps_per_epoch) if cfg.min_steps else 0
+    wanted = math.ceil(cfg.min_steps / steps_per_epoch)
     return max(cfg.epochs, min(wanted, max(cfg.max_epochs, cfg.epochs)))
 
 
